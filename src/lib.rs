@@ -1,0 +1,11 @@
+//! sofia-phone: the runtime shell around the sans-IO cores.
+//!
+//! This package owns everything that touches the outside world: configuration files,
+//! sockets, the clock, model files and the database. Protocol logic lives in the core
+//! crates under `crates/` and is driven from here.
+
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod models;
+pub mod serve;
