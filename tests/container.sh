@@ -9,23 +9,36 @@ fail() { echo "container test FAILED: $*" >&2; exit 1; }
 # podman, runc and a Debian bookworm base image built from Debian packages.
 scripts/podman-base-image.sh >/dev/null
 
-# A builder image carrying the host's Rust toolchain, since no Rust image can be pulled.
+# A builder image carrying the host's Rust toolchain, since no Rust image can be pulled,
+# and the host's extra CA certificates, since the registries may sit behind a TLS proxy
+# the host trusts (the build stage's ca-certificates install picks them up).
 rust_version=$(rustc --version | awk '{print $2}')
-builder=localhost/sofia-rust:$rust_version
+builder=localhost/sofia-rust:$rust_version-ca
 if ! podman image exists "$builder"; then
   ctx=$(mktemp -d)
   trap 'rm -rf "$ctx"' EXIT
   sysroot=$(rustc --print sysroot)
-  mkdir -p "$ctx/rust"
+  mkdir -p "$ctx/rust" "$ctx/ca"
   cp -a "$sysroot/bin" "$sysroot/lib" "$ctx/rust/"
-  printf 'FROM docker.io/library/debian:bookworm-slim\nCOPY rust /usr/local/rust\nENV PATH=/usr/local/rust/bin:$PATH\n' > "$ctx/Containerfile"
+  cp /usr/local/share/ca-certificates/*.crt "$ctx/ca/" 2>/dev/null || true
+  cat > "$ctx/Containerfile" <<'CONTAINERFILE'
+FROM docker.io/library/debian:bookworm-slim
+COPY ca /usr/local/share/ca-certificates
+COPY rust /usr/local/rust
+ENV PATH=/usr/local/rust/bin:$PATH
+CONTAINERFILE
   podman build --pull=never --isolation=chroot -q -t "$builder" -f "$ctx/Containerfile" "$ctx" >/dev/null
 fi
 
 image=localhost/sofia-phone:test
 echo "building $image (builder $builder)"
-podman build --pull=never --isolation=chroot --network=host \
-  --build-arg RUST_IMAGE="$builder" -t "$image" . 2>&1 | tail -n 3
+log=$(mktemp)
+if ! podman build --pull=never --isolation=chroot --network=host \
+  --build-arg RUST_IMAGE="$builder" -t "$image" . >"$log" 2>&1; then
+  tail -n 40 "$log"
+  fail "podman build failed"
+fi
+tail -n 2 "$log"
 
 out=$(podman run --rm --network host "$image" check-config) || fail "check-config exited $?"
 echo "$out"
@@ -41,13 +54,15 @@ podman run -d --name "$name" --network host -e SOFIA_SIP_LISTEN=127.0.0.1 \
   -e SOFIA_SIP_PORT="$port" -e SOFIA_USERS=1000:container-secret "$image" >/dev/null
 cleanup() { podman rm -f "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
+# (Logs are read into a variable: `grep -q` closing a pipe early fails under pipefail.)
 for _ in $(seq 1 100); do
-  podman logs "$name" 2>&1 | grep -q "listening for SIP on tcp 127.0.0.1:$port" && break
-  podman container exists "$name" || fail "serve exited: $(podman logs "$name" 2>&1)"
+  logs=$(podman logs "$name" 2>&1)
+  grep -q "listening for SIP on tcp 127.0.0.1:$port" <<<"$logs" && break
+  podman container exists "$name" || fail "serve exited: $logs"
   sleep 0.2
 done
-podman logs "$name" 2>&1 | grep -q "listening for SIP on udp 127.0.0.1:$port" \
-  || fail "serve did not bind SIP: $(podman logs "$name" 2>&1)"
+logs=$(podman logs "$name" 2>&1)
+grep -q "listening for SIP on udp 127.0.0.1:$port" <<<"$logs" || fail "serve did not bind SIP: $logs"
 podman stop -t 10 "$name" >/dev/null
 code=$(podman inspect "$name" --format '{{.State.ExitCode}}')
 [[ $code == 0 ]] || fail "serve exited $code on SIGTERM"
