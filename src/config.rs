@@ -143,7 +143,7 @@ pub struct PortRange {
 impl PortRange {
     /// How many calls fit: each takes an even RTP port and the odd RTCP port above it.
     pub fn call_capacity(&self) -> usize {
-        (usize::from(self.last) - usize::from(self.first) + 1) / 2
+        (usize::from(self.last) - usize::from(self.first)).div_ceil(2)
     }
 
     fn parse(text: &str) -> Result<PortRange, String> {
@@ -233,6 +233,17 @@ pub struct Route {
     pub application: Application,
 }
 
+/// Call handling that is not SIP or RTP protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSettings {
+    /// Ring (180) this long before answering; 0 answers at once.
+    pub answer_delay_ms: u32,
+    /// Longest call; the switch hangs up after it.
+    pub max_duration_secs: u32,
+    /// No RTP from the caller for this long ends the call (not while on hold).
+    pub rtp_timeout_secs: u32,
+}
+
 /// A validated profile with every override applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -242,6 +253,7 @@ pub struct Profile {
     pub registration: RegistrationSettings,
     pub auth: AuthSettings,
     pub rtp: RtpSettings,
+    pub calls: CallSettings,
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub models_dir: PathBuf,
@@ -271,6 +283,8 @@ struct ProfileFile {
     #[serde(default)]
     auth: AuthFile,
     rtp: RtpFile,
+    #[serde(default)]
+    calls: CallsFile,
     #[serde(default)]
     http: HttpFile,
     #[serde(default)]
@@ -363,6 +377,24 @@ struct RtpFile {
 
 fn default_codecs() -> Vec<Codec> {
     vec![Codec::Pcmu, Codec::Pcma, Codec::Opus]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CallsFile {
+    answer_delay_ms: u32,
+    max_duration_secs: u32,
+    rtp_timeout_secs: u32,
+}
+
+impl Default for CallsFile {
+    fn default() -> Self {
+        CallsFile {
+            answer_delay_ms: 0,
+            max_duration_secs: 3600,
+            rtp_timeout_secs: 30,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -659,6 +691,30 @@ fn validate(
         ));
     }
 
+    // Calls.
+    let calls = file.calls;
+    if calls.answer_delay_ms > 60_000 {
+        return Err(error(
+            origin,
+            "calls.answer_delay_ms",
+            format!("{} ms of ringing exceeds a minute", calls.answer_delay_ms),
+            "use 0 to answer at once, or a few thousand at most",
+        ));
+    }
+    if calls.max_duration_secs == 0 || calls.rtp_timeout_secs == 0 {
+        let key = if calls.max_duration_secs == 0 {
+            "calls.max_duration_secs"
+        } else {
+            "calls.rtp_timeout_secs"
+        };
+        return Err(error(
+            origin,
+            key,
+            "0 would end every call at once",
+            "use a number of seconds above 0 (defaults: 3600 and 30)",
+        ));
+    }
+
     // HTTP.
     let (http_origin, http_key, http_text) = match env.var("SOFIA_HTTP_ADDR") {
         Some(text) => ("environment", "SOFIA_HTTP_ADDR", text),
@@ -752,6 +808,11 @@ fn validate(
             block_secs: auth.block_secs,
         },
         rtp: RtpSettings { ports, codecs },
+        calls: CallSettings {
+            answer_delay_ms: calls.answer_delay_ms,
+            max_duration_secs: calls.max_duration_secs,
+            rtp_timeout_secs: calls.rtp_timeout_secs,
+        },
         http_listen,
         data_dir,
         models_dir,

@@ -4,8 +4,11 @@
 //! sockets, the clock, model files and the database. Protocol logic lives in the core
 //! crates under `crates/` and is driven from here.
 
+pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod media;
 pub mod models;
 pub mod serve;
+pub mod sip;

@@ -2,6 +2,7 @@
 //! SIGTERM. This is the thin tokio shell; protocol logic lives in the core crates.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UdpSocket};
@@ -9,6 +10,9 @@ use tracing::{info, warn};
 
 use crate::config::{Profile, Transport};
 use crate::credentials;
+use crate::media::PortPool;
+use crate::{calls, sip};
+use sofia_sip::Endpoint;
 
 pub fn run(profile: Profile) -> anyhow::Result<()> {
     init_logging();
@@ -90,7 +94,24 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     {
         warn!("a user has a password shorter than 8 characters on a non-loopback address");
     }
-    let _listeners = bind(&profile).await?;
+    let listeners = bind(&profile).await?;
+    let mut endpoint = Endpoint::new(sip_config(&profile, &resolved.credentials), Instant::now());
+    let registrations = profile.data_dir.join("registrations.json");
+    sip::load_registrations(&mut endpoint, &registrations);
+    let (handle, notices, endpoint_task) =
+        sip::start(endpoint, listeners.udp, listeners.tcp, registrations);
+    let ports = PortPool::new(
+        profile.rtp.ports.first,
+        profile.rtp.ports.last,
+        profile.sip.listen,
+    )?;
+    let layer = calls::CallLayer {
+        profile: profile.clone(),
+        endpoint: handle.clone(),
+        ports,
+        media_ip: media_ip(&profile),
+    };
+    let calls = tokio::spawn(calls::run(layer, notices));
     info!(
         "rtp ports {} ({} calls), http {}",
         profile.rtp.ports,
@@ -99,7 +120,63 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     info!("shutting down");
+    handle.shutdown().await;
+    let _ = endpoint_task.await;
+    calls.abort();
     Ok(())
+}
+
+/// The SIP core's configuration, from the profile and the resolved passwords.
+pub fn sip_config(profile: &Profile, credentials: &[credentials::Credential]) -> sofia_sip::Config {
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let mut config =
+        sofia_sip::Config::new(profile.sip.realm.clone(), advertised_host(profile), seed);
+    for c in credentials {
+        config = config.with_user(&c.extension, &c.password);
+    }
+    config.udp_port = profile.sip.port;
+    config.tcp_port = profile.sip.port;
+    config.auth_register = profile.auth.register;
+    config.auth_invite = profile.auth.invite;
+    config.registrar = sofia_sip::RegistrarLimits {
+        min_expires: profile.registration.min_expires,
+        max_expires: profile.registration.max_expires,
+        default_expires: profile.registration.default_expires,
+        max_bindings_per_aor: profile.registration.max_contacts_per_aor,
+    };
+    config.auth.nonce_ttl = Duration::from_secs(profile.auth.nonce_ttl_secs.into());
+    config.auth.block_threshold = profile.auth.failures_before_block;
+    config.auth.block_duration = Duration::from_secs(profile.auth.block_secs.into());
+    config.user_agent = format!("sofia-phone/{}", env!("CARGO_PKG_VERSION"));
+    config
+}
+
+/// The address put in SDP `c=` lines: the advertised host when it is an IP address,
+/// else the outward interface's address.
+pub fn media_ip(profile: &Profile) -> std::net::IpAddr {
+    advertised_host(profile)
+        .parse()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// The host put in Via and Contact: the configured external address, else the bound
+/// address, else (bound to every interface) the address of the interface that routes
+/// outwards, found without sending anything.
+pub fn advertised_host(profile: &Profile) -> String {
+    if let Some(external) = &profile.sip.external_addr {
+        return external.clone();
+    }
+    if !profile.sip.listen.is_unspecified() {
+        return profile.sip.listen.to_string();
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(addr) if !addr.ip().is_unspecified() => addr.ip().to_string(),
+        _ => "127.0.0.1".to_string(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,32 +1,11 @@
 //! The `sofia-phone` binary as an operator uses it: exit codes, configuration errors,
 //! `serve` binding its sockets, `models fetch` being a no-op the second time.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::{TcpStream, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sofia-phone");
-
-fn sofia() -> Command {
-    let mut cmd = Command::new(BIN);
-    // Tests must not depend on the caller's environment.
-    for var in [
-        "SOFIA_CONFIG",
-        "SOFIA_SIP_PORT",
-        "SOFIA_SIP_LISTEN",
-        "SOFIA_RTP_PORTS",
-        "SOFIA_EXTERNAL_ADDR",
-        "SOFIA_HTTP_ADDR",
-        "SOFIA_DATA_DIR",
-        "SOFIA_USERS",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
+use common::{free_port, sofia, Server};
 
 #[test]
 fn check_config_prints_what_serve_would_bind() {
@@ -84,82 +63,6 @@ fn bad_usage_exits_2_and_runtime_failure_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
-}
-
-/// A running `serve`, killed on drop so a failing test leaves nothing behind.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(data_dir: &Path, port: u16, users: Option<&str>) -> Server {
-        let mut cmd = sofia();
-        cmd.args(["serve", "--config", "sip-profiles/default.toml"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("SOFIA_SIP_LISTEN", "127.0.0.1")
-            .env("SOFIA_SIP_PORT", port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(users) = users {
-            cmd.env("SOFIA_USERS", users);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Server { child, lines }
-    }
-
-    /// Collects output until a line contains `needle`; fails after 30 s of silence.
-    fn wait_for(&self, needle: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) => {
-                    let done = line.contains(needle);
-                    seen.push(line);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no line containing {needle:?}; got {seen:#?}"),
-            }
-        }
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-fn free_port() -> u16 {
-    // A port free for both UDP and TCP at the time of asking.
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! with `ct2_to_ggml`, load the result with whisper-rs (whisper.cpp), and transcribe a
 //! sentence spoken by espeak-ng.
 //!
-//! Needs the model fetched by `sofia-phone models fetch` (under `$SOFIA_MODELS_DIR`,
-//! default `$HOME/.cache/sofia-phone/models`) and the `espeak-ng` program. Missing either
+//! Needs the model fetched by `sofia-phone models fetch` (in the models dir of the default
+//! profile, which keeps the CTranslate2 source beside the GGML file) and the `espeak-ng`
+//! program. Missing either
 //! is a failure, not a skip: this is the test that proves the speech stack works.
 
 use std::path::{Path, PathBuf};
@@ -18,12 +19,12 @@ const SENTENCE: &str =
     "Hello, thank you for calling. Please leave your name and number after the tone.";
 const WHISPER_RATE: u32 = 16_000;
 
+/// The models dir exactly as `serve` and `models fetch` resolve it.
 fn models_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SOFIA_MODELS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is not set and neither is SOFIA_MODELS_DIR");
-    Path::new(&home).join(".cache/sofia-phone/models")
+    use sofia_phone::config;
+    config::load(None, &config::ProcessEnv, &config::CliOverrides::default())
+        .expect("built-in profile loads")
+        .models_dir
 }
 
 /// The CTranslate2 model directory, or a one-line failure saying how to get it.
@@ -126,7 +127,10 @@ fn speak(text: &str, dir: &Path) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("cannot run espeak-ng ({e}): apt-get install espeak-ng"));
     assert!(status.success(), "espeak-ng failed: {status}");
     let (samples, rate) = read_wav(&std::fs::read(&wav).expect("read espeak-ng output"));
-    resample(&samples, rate, WHISPER_RATE)
+    // Half a second of silence either side, as a caller's pauses would give.
+    let pad = vec![0.0; WHISPER_RATE as usize / 2];
+    let speech = resample(&samples, rate, WHISPER_RATE);
+    [pad.as_slice(), &speech, &pad].concat()
 }
 
 fn words(text: &str) -> Vec<String> {

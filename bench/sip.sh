@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# SIP benchmark: SIPp against `sofia-phone serve` and against Kamailio (an authenticating
+# registrar for the same users) on loopback, in one run.
+#
+#   bench/sip.sh [SECONDS_PER_STEP]      (default 10)
+#
+# Reports, for each server: the highest REGISTER-with-digest rate (registrations/s, each
+# a 401 challenge plus an authenticated REGISTER) sustained with 0% failed calls, and
+# the p50/p99 response time of the authenticated REGISTER at that rate; for sofia-phone
+# also INVITE-ACK-BYE calls/s (with digest, to the echo extension, no RTP). Kamailio is
+# a proxy with no UAS, so it has no call figure. Everything stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step_secs=${1:-10}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sofia-phone/target}
+command -v kamailio >/dev/null || {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kamailio >/dev/null
+}
+command -v sipp >/dev/null || scripts/setup.sh test
+cargo build --release --locked --bin sofia-phone -q
+bin=$CARGO_TARGET_DIR/release/sofia-phone
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# 200 users u100..u299, password pw-<user>, on both servers.
+users=""
+: > "$work/users.csv"
+echo SEQUENTIAL > "$work/users.csv"
+for i in $(seq 100 299); do
+  users+="u$i:pw-u$i,"
+  echo "u$i;pw-u$i" >> "$work/users.csv"
+done
+users=${users%,}
+
+port_sofia=25060
+port_kam=25070
+SOFIA_LOG=warn SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port_sofia SOFIA_USERS=$users \
+  SOFIA_DATA_DIR=$work/sofia-data SOFIA_RTP_PORTS=30000-31999 \
+  "$bin" serve --config sip-profiles/default.toml > "$work/sofia.log" 2>&1 &
+pids+=($!)
+
+cat > "$work/kamailio.cfg" <<EOF
+#!KAMAILIO
+debug=0
+log_stderror=yes
+memdbg=5
+memlog=5
+fork=yes
+children=2
+auto_aliases=no
+listen=udp:127.0.0.1:$port_kam
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("usrloc", "db_mode", 0)
+modparam("auth", "nonce_count", 1)
+modparam("auth", "qop", "auth")
+modparam("auth", "secret", "bench-secret")
+request_route {
+  if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+  if (is_method("REGISTER")) {
+    \$var(pw) = "pw-" + \$fU;
+    if (!pv_www_authenticate("\$td", "\$var(pw)", "0")) {
+      www_challenge("\$td", "0");
+      exit;
+    }
+    if (!save("location")) { sl_reply_error(); }
+    exit;
+  }
+  sl_send_reply("404", "Not Here");
+}
+EOF
+kamailio -f "$work/kamailio.cfg" -DD -E -w "$work" > "$work/kamailio.log" 2>&1 &
+pids+=($!)
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    ss -lun | grep -q "127.0.0.1:$1 " && return 0
+    sleep 0.1
+  done
+  echo "bench: nothing listens on udp $1" >&2
+  cat "$work"/*.log >&2
+  exit 1
+}
+wait_port $port_sofia
+wait_port $port_kam
+
+# One load step: prints "rate ok failed p50 p99" for the authenticated REGISTER.
+register_step() {
+  local port=$1 rate=$2 dir="$work/step-$1-$2"
+  mkdir -p "$dir"
+  (cd "$dir" && sipp "127.0.0.1:$port" -sf "$OLDPWD/fixtures/sipp/register_load.xml" \
+     -inf "$work/users.csv" -i 127.0.0.1 -p $((port + 1000)) -r "$rate" -m $((rate * step_secs)) \
+     -l $((rate * 4)) -nostdin -timeout $((step_secs * 3))s -trace_stat -stf stats.csv \
+     -trace_rtt -rtt_freq 1 >/dev/null 2>&1) || true
+  summarize "$dir" "$rate"
+}
+
+call_step() {
+  local port=$1 rate=$2 dir="$work/call-$1-$2"
+  mkdir -p "$dir"
+  (cd "$dir" && sipp "127.0.0.1:$port" -sf "$OLDPWD/fixtures/sipp/call.xml" \
+     -s 9196 -au u100 -ap pw-u100 -key caller u100 -key rtp_port 9 -d 1000 \
+     -i 127.0.0.1 -p $((port + 2000)) -r "$rate" -m $((rate * step_secs)) -l $((rate * 4)) \
+     -nostdin -timeout $((step_secs * 3 + 5))s -trace_stat -stf stats.csv \
+     -trace_rtt -rtt_freq 1 >/dev/null 2>&1) || true
+  summarize "$dir" "$rate"
+}
+
+summarize() {
+  python3 - "$1" "$2" <<'PY'
+import csv, glob, sys, statistics
+d, rate = sys.argv[1], sys.argv[2]
+ok = failed = 0
+for path in glob.glob(d + "/stats.csv") + glob.glob(d + "/*_.csv"):
+    rows = list(csv.reader(open(path), delimiter=";"))
+    if len(rows) >= 2:
+        h, last = rows[0], rows[-1]
+        ok = int(last[h.index("SuccessfulCall(C)")])
+        failed = int(last[h.index("FailedCall(C)")])
+times = []
+for path in glob.glob(d + "/*_rtt.csv"):
+    for row in csv.reader(open(path), delimiter=";"):
+        try:
+            times.append(float(row[1]))
+        except (ValueError, IndexError):
+            pass
+times.sort()
+p = lambda q: times[min(len(times) - 1, int(q * len(times)))] if times else float("nan")
+print(rate, ok, failed, f"{p(0.50):.2f}", f"{p(0.99):.2f}")
+PY
+}
+
+# Steps up the rate until a step has failures; prints the best clean step.
+climb() {
+  local kind=$1 port=$2 best="none"
+  shift 2
+  for rate in "$@"; do
+    read -r r ok failed p50 p99 < <($kind "$port" "$rate")
+    echo "  $kind port $port rate $r/s: ok $ok failed $failed p50 ${p50} ms p99 ${p99} ms" >&2
+    if [[ $failed == 0 && $ok -ge $((rate * step_secs * 98 / 100)) ]]; then
+      best="$r $p50 $p99"
+    else
+      break
+    fi
+  done
+  echo "$best"
+}
+
+rates=(250 500 1000 1500 2000 3000 4000 6000)
+echo "REGISTER with digest, ${step_secs}s per step, 200 users (details on stderr)"
+read -r s_rate s_p50 s_p99 < <(climb register_step $port_sofia "${rates[@]}")
+read -r k_rate k_p50 k_p99 < <(climb register_step $port_kam "${rates[@]}")
+echo "calls (INVITE-401-INVITE-200-ACK-BYE to 9196, 1 s each)"
+read -r c_rate c_p50 c_p99 < <(climb call_step $port_sofia 25 50 100 200 300 400)
+
+printf '\n%-12s %22s %12s %12s\n' server "REGISTER/s (0% fail)" "p50 ms" "p99 ms"
+printf '%-12s %22s %12s %12s\n' sofia-phone "$s_rate" "${s_p50:-}" "${s_p99:-}"
+printf '%-12s %22s %12s %12s\n' kamailio "$k_rate" "${k_p50:-}" "${k_p99:-}"
+if [[ $s_rate =~ ^[0-9]+$ && $k_rate =~ ^[0-9]+$ ]]; then
+  python3 -c "print(f'ratio sofia-phone/kamailio REGISTER/s: {$s_rate/$k_rate:.2f}')"
+fi
+printf '\n%-12s %22s %12s %12s\n' server "calls/s (0% fail)" "p50 ms" "p99 ms"
+printf '%-12s %22s %12s %12s\n' sofia-phone "$c_rate" "${c_p50:-}" "${c_p99:-}"
+echo "(the highest step is the ceiling of the steps tried, not necessarily the server's)"

@@ -1,0 +1,265 @@
+//! Calls end to end: SIPp places calls with digest authentication over loopback while
+//! the test itself sends and receives the RTP (SIPp's offer names the test's port).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{assert_sipp_ok, free_port, sipp, Server};
+use sofia_media::g711;
+
+const USERS: &str = "1000:secret-1000";
+
+/// An even port P such that P and P+1 are free: the switch's whole RTP range, so each
+/// call gets P and a second call can only start if the first freed it.
+fn free_rtp_pair() -> u16 {
+    loop {
+        let p = free_port();
+        let p = p - p % 2;
+        if p >= 1024
+            && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+fn start(data: &Path, sip_port: u16, rtp: u16) -> Server {
+    let range = format!("{rtp}-{}", rtp + 1);
+    let server = Server::start_with(
+        data,
+        sip_port,
+        Some(USERS),
+        Path::new("sip-profiles/default.toml"),
+        &[("SOFIA_RTP_PORTS", &range)],
+    );
+    server.wait_for("listening for SIP on tcp");
+    server
+}
+
+/// µ-law RTP packets of a 1 kHz tone, 20 ms each.
+fn tone_packets(count: usize) -> Vec<Vec<u8>> {
+    let mut phase = 0f32;
+    (0..count)
+        .map(|i| {
+            let mut packet = vec![0x80, if i == 0 { 0x80 } else { 0x00 }];
+            packet.extend_from_slice(&(i as u16).to_be_bytes());
+            packet.extend_from_slice(&((i * 160) as u32).to_be_bytes());
+            packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            for _ in 0..160 {
+                let sample = (phase.sin() * 12000.0) as i16;
+                phase += 2.0 * std::f32::consts::PI * 1000.0 / 8000.0;
+                packet.push(g711::linear_to_mulaw(sample));
+            }
+            packet
+        })
+        .collect()
+}
+
+/// Power of `freq` in `samples` (8 kHz) relative to the total power, by Goertzel.
+fn tone_share(samples: &[f32], freq: f32) -> f32 {
+    let w = 2.0 * std::f32::consts::PI * freq / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0f32, 0f32);
+    for &x in samples {
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    let total: f32 = samples.iter().map(|x| x * x).sum::<f32>() * samples.len() as f32 / 2.0;
+    if total == 0.0 {
+        0.0
+    } else {
+        power / total
+    }
+}
+
+/// Sends a tone to the switch's RTP port for `seconds` at 20 ms pacing while a call is
+/// up, and returns the decoded audio that came back.
+fn talk_and_listen(socket: &UdpSocket, switch_rtp: u16, seconds: f32) -> Vec<f32> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .unwrap();
+    let packets = tone_packets((seconds * 50.0) as usize);
+    let start = Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 2048];
+    for (i, packet) in packets.iter().enumerate() {
+        // Real-time pacing: this is the media clock of the simulated phone.
+        let due = start + Duration::from_millis(20 * i as u64);
+        while Instant::now() < due {
+            if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                if n > 12 && buf[1] & 0x7f == 0 {
+                    received.extend(
+                        buf[12..n]
+                            .iter()
+                            .map(|&b| f32::from(g711::mulaw_to_linear(b)) / 32768.0),
+                    );
+                }
+            }
+        }
+        let _ = socket.send_to(packet, ("127.0.0.1", switch_rtp));
+    }
+    received
+}
+
+#[test]
+fn echo_call_returns_the_callers_tone_and_frees_its_ports() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let server = start(data.path(), sip_port, rtp);
+    for attempt in 0..2 {
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let phone_port = phone.local_addr().unwrap().port().to_string();
+        let call = std::thread::spawn({
+            let phone_port = phone_port.clone();
+            move || {
+                sipp(
+                    "call.xml",
+                    sip_port,
+                    &[
+                        "-s",
+                        "9196",
+                        "-au",
+                        "1000",
+                        "-ap",
+                        "secret-1000",
+                        "-key",
+                        "caller",
+                        "1000",
+                        "-key",
+                        "rtp_port",
+                        &phone_port,
+                        "-d",
+                        "4000",
+                    ],
+                )
+            }
+        });
+        let heard = talk_and_listen(&phone, rtp, 3.5);
+        let out = call.join().unwrap();
+        assert_sipp_ok(&out, &format!("call {attempt} to 9196"));
+        assert!(
+            heard.len() > 8000,
+            "call {attempt}: only {} samples came back",
+            heard.len()
+        );
+        // Skip the start (silence before the echo arrives); judge the last second.
+        let tail = &heard[heard.len() - 8000..];
+        let share = tone_share(tail, 1000.0);
+        assert!(
+            share > 0.5,
+            "call {attempt}: 1 kHz holds only {share:.2} of the echo"
+        );
+        assert!(tone_share(tail, 1700.0) < 0.05);
+    }
+    server.terminate();
+}
+
+#[test]
+fn unknown_extension_gets_404() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let server = start(data.path(), sip_port, rtp);
+    let out = sipp(
+        "rejected_404.xml",
+        sip_port,
+        &[
+            "-s",
+            "4321",
+            "-au",
+            "1000",
+            "-ap",
+            "secret-1000",
+            "-key",
+            "caller",
+            "1000",
+            "-key",
+            "rtp_port",
+            "40000",
+            "-key",
+            "payloads",
+            "0",
+            "-key",
+            "rtpmap",
+            "PCMU/8000",
+        ],
+    );
+    assert_sipp_ok(&out, "INVITE to 4321");
+    server.terminate();
+}
+
+#[test]
+fn offer_without_a_common_codec_gets_488() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let server = start(data.path(), sip_port, rtp);
+    let out = sipp(
+        "rejected_488.xml",
+        sip_port,
+        &[
+            "-s",
+            "9196",
+            "-au",
+            "1000",
+            "-ap",
+            "secret-1000",
+            "-key",
+            "caller",
+            "1000",
+            "-key",
+            "rtp_port",
+            "40000",
+            "-key",
+            "payloads",
+            "3",
+            "-key",
+            "rtpmap",
+            "GSM/8000",
+        ],
+    );
+    assert_sipp_ok(&out, "INVITE with only GSM");
+    server.terminate();
+}
+
+#[test]
+fn cancel_while_ringing_gets_487_and_frees_the_ports() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let range = format!("{rtp}-{}", rtp + 1);
+    let server = Server::start_with(
+        data.path(),
+        sip_port,
+        Some(USERS),
+        Path::new("tests/profiles/ringing.toml"),
+        &[("SOFIA_RTP_PORTS", &range)],
+    );
+    server.wait_for("listening for SIP on tcp");
+    for attempt in 0..2 {
+        let out = sipp(
+            "cancel.xml",
+            sip_port,
+            &[
+                "-s",
+                "9196",
+                "-au",
+                "1000",
+                "-ap",
+                "secret-1000",
+                "-key",
+                "caller",
+                "1000",
+                "-key",
+                "rtp_port",
+                "40000",
+            ],
+        );
+        // The second CANCEL only rings if the first call gave its single RTP pair back.
+        assert_sipp_ok(&out, &format!("CANCEL {attempt}"));
+    }
+    server.terminate();
+}

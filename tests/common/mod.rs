@@ -1,0 +1,164 @@
+//! Helpers shared by the end-to-end tests: a `serve` process on loopback, free ports,
+//! and SIPp runs.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sofia-phone");
+
+/// The binary with a clean environment: tests must not depend on the caller's.
+pub fn sofia() -> Command {
+    let mut cmd = Command::new(BIN);
+    // Tests must not depend on the caller's environment.
+    for var in [
+        "SOFIA_CONFIG",
+        "SOFIA_SIP_PORT",
+        "SOFIA_SIP_LISTEN",
+        "SOFIA_RTP_PORTS",
+        "SOFIA_EXTERNAL_ADDR",
+        "SOFIA_HTTP_ADDR",
+        "SOFIA_DATA_DIR",
+        "SOFIA_USERS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A running `serve`, killed on drop so a failing test leaves nothing behind.
+pub struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path, port: u16, users: Option<&str>) -> Server {
+        Server::start_with(
+            data_dir,
+            port,
+            users,
+            Path::new("sip-profiles/default.toml"),
+            &[],
+        )
+    }
+
+    /// `serve` with a given profile and extra environment.
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        users: Option<&str>,
+        profile: &Path,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut cmd = sofia();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(profile)
+            .envs(env.iter().copied())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("SOFIA_SIP_LISTEN", "127.0.0.1")
+            .env("SOFIA_SIP_PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(users) = users {
+            cmd.env("SOFIA_USERS", users);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Server { child, lines }
+    }
+
+    /// Collects output until a line contains `needle`; fails after 30 s of silence.
+    pub fn wait_for(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no line containing {needle:?}; got {seen:#?}"),
+            }
+        }
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    // A port free for both UDP and TCP at the time of asking.
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Runs one SIPp scenario from fixtures/sipp against `127.0.0.1:server_port` until it
+/// completes once (`-m 1`); SIPp exits 0 only if every step matched. Gives up after 30 s.
+pub fn sipp(scenario: &str, server_port: u16, extra: &[&str]) -> std::process::Output {
+    sipp_from(free_port(), scenario, server_port, extra)
+}
+
+/// As [`sipp`], from a given local SIP port (a phone that keeps its address).
+pub fn sipp_from(
+    local_port: u16,
+    scenario: &str,
+    server_port: u16,
+    extra: &[&str],
+) -> std::process::Output {
+    let local_port = local_port.to_string();
+    let media_port = free_port().to_string();
+    let output = Command::new("sipp")
+        .arg(format!("127.0.0.1:{server_port}"))
+        .args(["-sf", &format!("fixtures/sipp/{scenario}")])
+        .args(["-i", "127.0.0.1", "-p", &local_port, "-mp", &media_port])
+        .args(["-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"])
+        .args(extra)
+        .output()
+        .expect("sipp runs (Debian package sip-tester; scripts/setup.sh test installs it)");
+    output
+}
+
+/// Asserts a SIPp run succeeded, showing its output if not.
+pub fn assert_sipp_ok(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what}: sipp exited {:?}\n{}\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
