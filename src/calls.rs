@@ -286,7 +286,7 @@ impl CallTask {
                         return false;
                     }
                     sofia_media::Event::Dtmf { digit, .. } => {
-                        info!("call to {}: DTMF {digit:?}", self.extension);
+                        info!("call to {}: DTMF digit {digit}", self.extension);
                     }
                     sofia_media::Event::Latched { destination } => {
                         info!("call to {}: sending RTP to {destination}", self.extension);

@@ -205,3 +205,86 @@ fn baresip_registers_calls_echo_with_pcmu_hears_itself_and_hangs_up() {
 fn baresip_calls_echo_with_opus_and_hears_itself() {
     assert_echo("opus", 48000, 600.0);
 }
+
+#[test]
+fn baresip_dtmf_arrives_as_the_right_digits() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let data = tempfile::tempdir().unwrap();
+    let phone = tempfile::tempdir().unwrap();
+    let sip_port = free_port();
+    let server = Server::start(data.path(), sip_port, Some(&format!("1000:{PASSWORD}")));
+    server.wait_for("listening for SIP on tcp");
+    let wav = phone.path().join("mic.wav");
+    write_tone_wav(&wav, 8000, 440.0, 0.5, 9.5);
+    let (local, console) = (free_port(), free_port());
+    std::fs::write(
+        phone.path().join("config"),
+        format!(
+            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{local}\nnet_interface 127.0.0.1\n\
+             audio_source aufile,{}\naudio_player aubridge,nil\n\
+             ausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\nauplay_channels 1\n\
+             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule cons.so\n\
+             cons_listen 127.0.0.1:{console}\n\
+             module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n",
+            wav.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        phone.path().join("accounts"),
+        format!(
+            "<sip:1000@127.0.0.1:{sip_port};transport=udp>;auth_pass={PASSWORD};regint=60;\
+             audio_codecs=PCMU;answermode=auto\n"
+        ),
+    )
+    .unwrap();
+    let mut baresip = Command::new("baresip")
+        .arg("-f")
+        .arg(phone.path())
+        .args([
+            "-e",
+            &format!("/dial sip:9196@127.0.0.1:{sip_port}"),
+            "-t",
+            "12",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baresip runs");
+    let mut seen = String::new();
+    for line in BufReader::new(baresip.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Call established") {
+            break;
+        }
+    }
+    assert!(seen.contains("Call established"), "no call:\n{seen}");
+    // Key presses through baresip's UDP console, as a user would type them.
+    let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for digit in ["1", "5", "9", "#"] {
+        // A long command ends with a newline.
+        keys.send_to(
+            format!("/sndcode {digit}\n").as_bytes(),
+            ("127.0.0.1", console),
+        )
+        .unwrap();
+        // Keys are pressed one after another, as by a person; each takes ~100 ms of RTP.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
+    let mut got = String::new();
+    for _ in 0..4 {
+        let lines = server.wait_for("DTMF digit");
+        let last = lines.last().unwrap();
+        got.push(last.chars().last().unwrap());
+    }
+    assert_eq!(got, "159#");
+    let _ = baresip.kill();
+    let _ = baresip.wait();
+    server.terminate();
+}
