@@ -288,3 +288,97 @@ fn baresip_dtmf_arrives_as_the_right_digits() {
     let _ = baresip.wait();
     server.terminate();
 }
+
+/// Runs `linphonecsh` with the isolated home of the test.
+fn linphonecsh(home: &Path, args: &[&str]) -> String {
+    let out = Command::new("linphonecsh")
+        .args(args)
+        .env("HOME", home)
+        .output()
+        .expect(
+            "linphonecsh runs (Debian package linphone-cli; scripts/setup.sh test installs it)",
+        );
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn linphone_registers_calls_echo_and_hears_itself() {
+    let data = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    // linphonec never opens its SIP port without this directory.
+    std::fs::create_dir_all(home.path().join(".local/share/linphone")).unwrap();
+    let sip_port = free_port();
+    let server = Server::start(data.path(), sip_port, Some(&format!("1000:{PASSWORD}")));
+    server.wait_for("listening for SIP on tcp");
+    let (local, rtp) = (free_port(), free_port());
+    let rc = home.path().join("rc");
+    std::fs::write(
+        &rc,
+        format!(
+            "[sip]\nsip_port={local}\nsip_tcp_port=0\nsip_tls_port=0\n\
+             register_only_when_network_is_up=0\n\
+             [proxy_0]\nreg_proxy=<sip:127.0.0.1:{sip_port};transport=udp>\n\
+             reg_identity=sip:1000@127.0.0.1\nreg_expires=60\nreg_sendregister=1\n\
+             [auth_info_0]\nusername=1000\npasswd={PASSWORD}\nrealm=sofia-phone\ndomain=127.0.0.1\n\
+             [rtp]\naudio_rtp_port={rtp}\n"
+        ),
+    )
+    .unwrap();
+    let mic = home.path().join("mic.wav");
+    write_tone_wav(&mic, 8000, 700.0, 10.0, 0.0);
+    let heard = home.path().join("heard.wav");
+    let h = home.path();
+    linphonecsh(h, &["init", "-c", rc.to_str().unwrap()]);
+    // `linphonecsh exit` stops the daemon even when an assertion fails.
+    struct Daemon<'a>(&'a Path);
+    impl Drop for Daemon<'_> {
+        fn drop(&mut self) {
+            linphonecsh(self.0, &["exit"]);
+        }
+    }
+    let _daemon = Daemon(h);
+    // The call goes out once the switch has linphone's binding (written within 0.5 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let registrations = data.path().join("registrations.json");
+    while !std::fs::read_to_string(&registrations)
+        .unwrap_or_default()
+        .contains(&format!("127.0.0.1:{local}"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "linphone did not register"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    linphonecsh(h, &["generic", "soundcard use files"]);
+    linphonecsh(h, &["generic", &format!("play {}", mic.display())]);
+    linphonecsh(h, &["generic", &format!("record {}", heard.display())]);
+    let out = linphonecsh(
+        h,
+        &["generic", &format!("call sip:9196@127.0.0.1:{sip_port}")],
+    );
+    server.wait_for("call to 9196 (echo) from 1000 answered");
+    server.wait_for("call to 9196: sending RTP to");
+    // Let three seconds of the call pass: the recording is what linphone heard meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    linphonecsh(h, &["generic", "terminate"]);
+    server.wait_for("call to 9196 over");
+    server.terminate();
+
+    let (rate, channels, samples) = read_wav(&heard);
+    let mono: Vec<f32> = samples
+        .chunks(channels.max(1) as usize)
+        .map(|c| c[0])
+        .collect();
+    assert!(
+        mono.len() > rate as usize,
+        "linphone heard {} samples ({out})",
+        mono.len()
+    );
+    let tail = &mono[mono.len() - rate as usize..];
+    let share = tone_share(tail, rate, 700.0);
+    assert!(
+        share > 0.5,
+        "700 Hz holds only {share:.2} of what linphone heard"
+    );
+}
