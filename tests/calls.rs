@@ -109,12 +109,30 @@ fn talk_and_listen(socket: &UdpSocket, switch_rtp: u16, seconds: f32) -> Vec<f32
 
 #[test]
 fn echo_call_returns_the_callers_tone_and_frees_its_ports() {
+    echo_calls(false);
+}
+
+/// The phone is behind a NAT: its SDP names one port, its RTP comes from another. The
+/// switch must send its media where the RTP really comes from (symmetric RTP).
+#[test]
+fn echo_reaches_a_phone_whose_sdp_port_is_wrong() {
+    echo_calls(true);
+}
+
+fn echo_calls(nat: bool) {
     let data = tempfile::tempdir().unwrap();
     let (sip_port, rtp) = (free_port(), free_rtp_pair());
     let server = start(data.path(), sip_port, rtp);
     for attempt in 0..2 {
         let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let phone_port = phone.local_addr().unwrap().port().to_string();
+        // Behind a NAT the advertised port is not the one the RTP leaves from; nothing
+        // listens on the advertised one.
+        let advertised = if nat {
+            free_port()
+        } else {
+            phone.local_addr().unwrap().port()
+        };
+        let phone_port = advertised.to_string();
         let call = std::thread::spawn({
             let phone_port = phone_port.clone();
             move || {
@@ -261,5 +279,65 @@ fn cancel_while_ringing_gets_487_and_frees_the_ports() {
         // The second CANCEL only rings if the first call gave its single RTP pair back.
         assert_sipp_ok(&out, &format!("CANCEL {attempt}"));
     }
+    server.terminate();
+}
+
+#[test]
+fn call_beyond_the_rtp_range_gets_503_and_the_first_call_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    // One RTP pair: the first call takes it, the second finds none.
+    let server = start(data.path(), sip_port, rtp);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone_port = phone.local_addr().unwrap().port().to_string();
+    let first = std::thread::spawn(move || {
+        sipp(
+            "call.xml",
+            sip_port,
+            &[
+                "-s",
+                "9196",
+                "-au",
+                "1000",
+                "-ap",
+                "secret-1000",
+                "-key",
+                "caller",
+                "1000",
+                "-key",
+                "rtp_port",
+                &phone_port,
+                "-d",
+                "3000",
+            ],
+        )
+    });
+    server.wait_for("call to 9196 (echo) from 1000 answered");
+    let out = sipp(
+        "rejected_503.xml",
+        sip_port,
+        &[
+            "-s",
+            "9196",
+            "-au",
+            "1000",
+            "-ap",
+            "secret-1000",
+            "-key",
+            "caller",
+            "1000",
+            "-key",
+            "rtp_port",
+            "40000",
+            "-key",
+            "payloads",
+            "0",
+            "-key",
+            "rtpmap",
+            "PCMU/8000",
+        ],
+    );
+    assert_sipp_ok(&out, "second call while the only pair is in use");
+    assert_sipp_ok(&first.join().unwrap(), "first call, undisturbed");
     server.terminate();
 }
