@@ -156,7 +156,13 @@ pub fn describe(profile: &Profile) -> String {
     );
     let codecs: Vec<String> = profile.rtp.codecs.iter().map(|c| c.to_string()).collect();
     let _ = writeln!(out, "codecs    {}", codecs.join(", "));
-    let _ = writeln!(out, "http      {}", profile.http_listen);
+    // The health and metrics listener comes with its own issue; say so rather than
+    // promise a port that nothing answers on.
+    let _ = writeln!(
+        out,
+        "http      {} (health and metrics: not served yet)",
+        profile.http_listen
+    );
     let _ = writeln!(out, "realm     {}", profile.sip.realm);
     let _ = writeln!(out, "data      {}", profile.data_dir.display());
     let _ = writeln!(out, "models    {}", profile.models_dir.display());

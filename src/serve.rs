@@ -117,10 +117,9 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     };
     let calls = tokio::spawn(calls::run(layer, notices));
     info!(
-        "rtp ports {} ({} calls), http {}",
+        "rtp ports {} ({} calls)",
         profile.rtp.ports,
-        profile.rtp.ports.call_capacity(),
-        profile.http_listen
+        profile.rtp.ports.call_capacity()
     );
     shutdown_signal().await;
     info!("shutting down");
