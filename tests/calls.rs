@@ -7,10 +7,31 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{assert_sipp_ok, free_port, sipp, Server};
+use common::{assert_sipp_ok, free_port, sipp, tone_share, Server};
 use sofia_media::g711;
 
 const USERS: &str = "1000:secret-1000";
+
+/// SIPp arguments for a call from user 1000 (digest credentials) to `extension`, whose
+/// offer names `rtp_port`, plus `extra`.
+fn call_args<'a>(extension: &'a str, rtp_port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-s",
+        extension,
+        "-au",
+        "1000",
+        "-ap",
+        "secret-1000",
+        "-key",
+        "caller",
+        "1000",
+        "-key",
+        "rtp_port",
+        rtp_port,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
 
 /// An even port P such that P and P+1 are free: the switch's whole RTP range, so each
 /// call gets P and a second call can only start if the first freed it.
@@ -57,25 +78,6 @@ fn tone_packets(count: usize) -> Vec<Vec<u8>> {
             packet
         })
         .collect()
-}
-
-/// Power of `freq` in `samples` (8 kHz) relative to the total power, by Goertzel.
-fn tone_share(samples: &[f32], freq: f32) -> f32 {
-    let w = 2.0 * std::f32::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0f32, 0f32);
-    for &x in samples {
-        let s0 = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    let total: f32 = samples.iter().map(|x| x * x).sum::<f32>() * samples.len() as f32 / 2.0;
-    if total == 0.0 {
-        0.0
-    } else {
-        power / total
-    }
 }
 
 /// Sends a tone to the switch's RTP port for `seconds` at 20 ms pacing while a call is
@@ -139,22 +141,7 @@ fn echo_calls(nat: bool) {
                 sipp(
                     "call.xml",
                     sip_port,
-                    &[
-                        "-s",
-                        "9196",
-                        "-au",
-                        "1000",
-                        "-ap",
-                        "secret-1000",
-                        "-key",
-                        "caller",
-                        "1000",
-                        "-key",
-                        "rtp_port",
-                        &phone_port,
-                        "-d",
-                        "4000",
-                    ],
+                    &call_args("9196", &phone_port, &["-d", "4000"]),
                 )
             }
         });
@@ -168,12 +155,12 @@ fn echo_calls(nat: bool) {
         );
         // Skip the start (silence before the echo arrives); judge the last second.
         let tail = &heard[heard.len() - 8000..];
-        let share = tone_share(tail, 1000.0);
+        let share = tone_share(tail, 8000, 1000.0);
         assert!(
             share > 0.5,
             "call {attempt}: 1 kHz holds only {share:.2} of the echo"
         );
-        assert!(tone_share(tail, 1700.0) < 0.05);
+        assert!(tone_share(tail, 8000, 1700.0) < 0.05);
     }
     server.terminate();
 }
@@ -186,26 +173,11 @@ fn unknown_extension_gets_404() {
     let out = sipp(
         "rejected_404.xml",
         sip_port,
-        &[
-            "-s",
+        &call_args(
             "4321",
-            "-au",
-            "1000",
-            "-ap",
-            "secret-1000",
-            "-key",
-            "caller",
-            "1000",
-            "-key",
-            "rtp_port",
             "40000",
-            "-key",
-            "payloads",
-            "0",
-            "-key",
-            "rtpmap",
-            "PCMU/8000",
-        ],
+            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
+        ),
     );
     assert_sipp_ok(&out, "INVITE to 4321");
     server.terminate();
@@ -219,26 +191,11 @@ fn offer_without_a_common_codec_gets_488() {
     let out = sipp(
         "rejected_488.xml",
         sip_port,
-        &[
-            "-s",
+        &call_args(
             "9196",
-            "-au",
-            "1000",
-            "-ap",
-            "secret-1000",
-            "-key",
-            "caller",
-            "1000",
-            "-key",
-            "rtp_port",
             "40000",
-            "-key",
-            "payloads",
-            "3",
-            "-key",
-            "rtpmap",
-            "GSM/8000",
-        ],
+            &["-key", "payloads", "3", "-key", "rtpmap", "GSM/8000"],
+        ),
     );
     assert_sipp_ok(&out, "INVITE with only GSM");
     server.terminate();
@@ -258,24 +215,7 @@ fn cancel_while_ringing_gets_487_and_frees_the_ports() {
     );
     server.wait_for("listening for SIP on tcp");
     for attempt in 0..2 {
-        let out = sipp(
-            "cancel.xml",
-            sip_port,
-            &[
-                "-s",
-                "9196",
-                "-au",
-                "1000",
-                "-ap",
-                "secret-1000",
-                "-key",
-                "caller",
-                "1000",
-                "-key",
-                "rtp_port",
-                "40000",
-            ],
-        );
+        let out = sipp("cancel.xml", sip_port, &call_args("9196", "40000", &[]));
         // The second CANCEL only rings if the first call gave its single RTP pair back.
         assert_sipp_ok(&out, &format!("CANCEL {attempt}"));
     }
@@ -294,48 +234,18 @@ fn call_beyond_the_rtp_range_gets_503_and_the_first_call_goes_on() {
         sipp(
             "call.xml",
             sip_port,
-            &[
-                "-s",
-                "9196",
-                "-au",
-                "1000",
-                "-ap",
-                "secret-1000",
-                "-key",
-                "caller",
-                "1000",
-                "-key",
-                "rtp_port",
-                &phone_port,
-                "-d",
-                "3000",
-            ],
+            &call_args("9196", &phone_port, &["-d", "3000"]),
         )
     });
     server.wait_for("call to 9196 (echo) from 1000 answered");
     let out = sipp(
         "rejected_503.xml",
         sip_port,
-        &[
-            "-s",
+        &call_args(
             "9196",
-            "-au",
-            "1000",
-            "-ap",
-            "secret-1000",
-            "-key",
-            "caller",
-            "1000",
-            "-key",
-            "rtp_port",
             "40000",
-            "-key",
-            "payloads",
-            "0",
-            "-key",
-            "rtpmap",
-            "PCMU/8000",
-        ],
+            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
+        ),
     );
     assert_sipp_ok(&out, "second call while the only pair is in use");
     assert_sipp_ok(&first.join().unwrap(), "first call, undisturbed");

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{free_port, Server};
+use common::{free_port, tone_share, Server};
 
 const PASSWORD: &str = "baresip-secret";
 
@@ -70,25 +70,6 @@ fn read_wav(path: &Path) -> (u32, u16, Vec<f32>) {
         pos += 8 + len + (len % 2);
     }
     panic!("{}: no data chunk", path.display());
-}
-
-/// Share of the signal's power at `freq`, by Goertzel over mono samples at `rate`.
-fn tone_share(samples: &[f32], rate: u32, freq: f32) -> f32 {
-    let w = 2.0 * std::f32::consts::PI * freq / rate as f32;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0f32, 0f32);
-    for &x in samples {
-        let s0 = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    let total: f32 = samples.iter().map(|x| x * x).sum::<f32>() * samples.len() as f32 / 2.0;
-    if total == 0.0 {
-        0.0
-    } else {
-        power / total
-    }
 }
 
 /// Runs baresip for one call to `extension` with the given codec, returns what it

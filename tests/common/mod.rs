@@ -162,3 +162,23 @@ pub fn assert_sipp_ok(output: &std::process::Output, what: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Share of the signal's power at `freq` (Goertzel), for mono samples at `rate`: near 1
+/// for a clean tone at that frequency, near 0 for anything else.
+pub fn tone_share(samples: &[f32], rate: u32, freq: f32) -> f32 {
+    let w = 2.0 * std::f32::consts::PI * freq / rate as f32;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0f32, 0f32);
+    for &x in samples {
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    let total: f32 = samples.iter().map(|x| x * x).sum::<f32>() * samples.len() as f32 / 2.0;
+    if total == 0.0 {
+        0.0
+    } else {
+        power / total
+    }
+}
