@@ -85,7 +85,8 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     for credential in &resolved.credentials {
         if resolved.generated.contains(&credential.extension) {
             // Printed once, on the run that generated it; it stays in the private file.
-            println!(
+            // On stderr, the stream the log goes to, so it appears in order with it.
+            eprintln!(
                 "generated SIP password for {}: {} (kept in {})",
                 credential.extension,
                 credential.password,
