@@ -195,6 +195,8 @@ pub struct RegistrationSettings {
     pub max_expires: u32,
     pub default_expires: u32,
     pub max_contacts_per_aor: usize,
+    /// Send OPTIONS to every UDP contact this often, keeping NAT bindings open; 0: never.
+    pub keepalive_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,6 +334,7 @@ struct RegistrationFile {
     max_expires: u32,
     default_expires: u32,
     max_contacts_per_aor: usize,
+    keepalive_secs: u32,
 }
 
 impl Default for RegistrationFile {
@@ -341,6 +344,7 @@ impl Default for RegistrationFile {
             max_expires: 3600,
             default_expires: 600,
             max_contacts_per_aor: 5,
+            keepalive_secs: 30,
         }
     }
 }
@@ -799,6 +803,7 @@ fn validate(
             max_expires: reg.max_expires,
             default_expires: reg.default_expires,
             max_contacts_per_aor: reg.max_contacts_per_aor,
+            keepalive_secs: reg.keepalive_secs,
         },
         auth: AuthSettings {
             register: auth.register,
@@ -924,6 +929,7 @@ mod tests {
         assert_eq!(p.sip.listen, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!(p.sip.transports, vec![Transport::Udp, Transport::Tcp]);
         assert_eq!(p.rtp.ports.first, 16384);
+        assert_eq!(p.registration.keepalive_secs, 30);
         assert_eq!(p.route("5555"), Some(Application::Agent));
         assert_eq!(p.route("9196"), Some(Application::Echo));
         assert_eq!(p.route("1234"), None);

@@ -103,8 +103,17 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     let mut endpoint = Endpoint::new(sip_config(&profile, &resolved.credentials), Instant::now());
     let registrations = profile.data_dir.join("registrations.json");
     sip::load_registrations(&mut endpoint, &registrations);
-    let (handle, notices, endpoint_task) =
-        sip::start(endpoint, listeners.udp, listeners.tcp, registrations);
+    let keepalive = (profile.registration.keepalive_secs > 0).then(|| sip::Keepalive {
+        interval: Duration::from_secs(profile.registration.keepalive_secs.into()),
+        aors: profile.users.iter().map(|u| u.extension.clone()).collect(),
+    });
+    let (handle, notices, endpoint_task) = sip::start(
+        endpoint,
+        listeners.udp,
+        listeners.tcp,
+        registrations,
+        keepalive,
+    );
     let ports = PortPool::new(
         profile.rtp.ports.first,
         profile.rtp.ports.last,

@@ -85,6 +85,14 @@ impl EndpointHandle {
     }
 }
 
+/// OPTIONS pings to registered phones behind NAT.
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    pub interval: std::time::Duration,
+    /// The AORs whose UDP contacts are pinged.
+    pub aors: Vec<String>,
+}
+
 /// Starts the endpoint task and the socket tasks. Call notices arrive on the returned
 /// receiver.
 pub fn start(
@@ -92,6 +100,7 @@ pub fn start(
     udp: Option<UdpSocket>,
     tcp: Option<TcpListener>,
     registrations_file: PathBuf,
+    keepalive: Option<Keepalive>,
 ) -> (
     EndpointHandle,
     mpsc::Receiver<CallNotice>,
@@ -117,6 +126,10 @@ pub fn start(
         notices: notice_tx,
         registrations_file,
         persist_at: None,
+        keepalive_at: keepalive
+            .as_ref()
+            .map(|k| tokio::time::Instant::now() + k.interval),
+        keepalive,
     };
     let join = tokio::spawn(task.run(rx));
     (EndpointHandle { tx }, notice_rx, join)
@@ -165,6 +178,8 @@ struct EndpointTask {
     /// [`PERSIST_DELAY`]) so a registration storm is not a storm of file rewrites; a
     /// crash loses at most that much, and phones re-register anyway.
     persist_at: Option<tokio::time::Instant>,
+    keepalive: Option<Keepalive>,
+    keepalive_at: Option<tokio::time::Instant>,
 }
 
 const PERSIST_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -185,6 +200,11 @@ impl EndpointTask {
                 }
                 _ = sleep_until(self.persist_at) => {
                     self.persist_registrations();
+                    continue;
+                }
+                _ = sleep_until(self.keepalive_at) => {
+                    self.send_keepalives();
+                    self.flush().await;
                     continue;
                 }
             };
@@ -242,6 +262,9 @@ impl EndpointTask {
                 Event::IncomingCall(call) => {
                     let _ = self.notices.send(CallNotice::Incoming(call)).await;
                 }
+                Event::RequestCompleted { request, status } => {
+                    debug!("keep-alive {request:?}: {status:?}");
+                }
                 other => {
                     let _ = self.notices.send(CallNotice::Event(other)).await;
                 }
@@ -268,6 +291,32 @@ impl EndpointTask {
                         transmit.destination, transmit.transport
                     ),
                 },
+            }
+        }
+    }
+
+    /// Pings every contact registered over UDP (RFC 3261 11; the usual NAT keep-alive):
+    /// the request keeps the NAT mapping toward the phone open. A phone that does not
+    /// answer shows up as a `RequestCompleted` without a status.
+    fn send_keepalives(&mut self) {
+        let Some(keepalive) = &self.keepalive else {
+            return;
+        };
+        let now = Instant::now();
+        self.keepalive_at = Some(tokio::time::Instant::now() + keepalive.interval);
+        for aor in &keepalive.aors {
+            for binding in self.endpoint.bindings(now, aor) {
+                if binding.transport != Transport::Udp {
+                    continue;
+                }
+                if let Err(e) = self.endpoint.send_options(
+                    now,
+                    binding.source,
+                    Transport::Udp,
+                    &binding.contact,
+                ) {
+                    debug!("no keep-alive for {}: {e}", binding.contact);
+                }
             }
         }
     }

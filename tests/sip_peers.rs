@@ -160,3 +160,40 @@ fn options_is_answered_with_allow() {
     );
     server.terminate();
 }
+
+#[test]
+fn registered_udp_phone_gets_keepalive_options() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start_with(
+        data.path(),
+        port,
+        Some(USERS),
+        std::path::Path::new("tests/profiles/keepalive.toml"),
+        &[],
+    );
+    server.wait_for("listening for SIP on tcp");
+    let phone = free_port();
+    let out = sipp_from(
+        phone,
+        "register.xml",
+        port,
+        &[
+            "-s",
+            "1000",
+            "-au",
+            "1000",
+            "-ap",
+            "secret-1000",
+            "-key",
+            "expires",
+            "120",
+        ],
+    );
+    assert_sipp_ok(&out, "REGISTER");
+    // The same phone, now listening on its registered port, must be pinged (every 1 s
+    // with this profile) and answers; SIPp fails after 30 s without an OPTIONS.
+    let out = sipp_from(phone, "answer_options.xml", port, &[]);
+    assert_sipp_ok(&out, "keep-alive OPTIONS to the registered contact");
+    server.terminate();
+}
