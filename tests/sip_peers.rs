@@ -7,6 +7,21 @@ use common::{assert_sipp_ok, free_port, sipp, sipp_from, Server};
 
 const USERS: &str = "1000:secret-1000,1001:secret-1001";
 
+/// A switch on a free loopback port with the test users and `profile`, ready for SIP.
+fn switch(profile: &str) -> (tempfile::TempDir, u16, Server) {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start_with(
+        data.path(),
+        port,
+        Some(USERS),
+        std::path::Path::new(profile),
+        &[],
+    );
+    server.wait_for("listening for SIP on tcp");
+    (data, port, server)
+}
+
 /// The saved registrations once `done` holds for them; they are written at most every
 /// 0.5 s, so this waits up to 10 s and then returns what is there.
 fn registrations_when(data: &std::path::Path, done: impl Fn(&str) -> bool) -> String {
@@ -22,10 +37,7 @@ fn registrations_when(data: &std::path::Path, done: impl Fn(&str) -> bool) -> St
 
 #[test]
 fn register_with_digest_then_unregister_over_udp() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start(data.path(), port, Some(USERS));
-    server.wait_for("listening for SIP on tcp");
+    let (data, port, server) = switch("sip-profiles/default.toml");
     // The same phone (same address, so the same Contact) registers, then unregisters.
     let phone = free_port();
     let out = sipp_from(
@@ -79,10 +91,7 @@ fn register_with_digest_then_unregister_over_udp() {
 
 #[test]
 fn register_with_digest_over_tcp() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start(data.path(), port, Some(USERS));
-    server.wait_for("listening for SIP on tcp");
+    let (data, port, server) = switch("sip-profiles/default.toml");
     let out = sipp(
         "register.xml",
         port,
@@ -111,10 +120,7 @@ fn register_with_digest_over_tcp() {
 
 #[test]
 fn register_with_wrong_password_is_refused() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start(data.path(), port, Some(USERS));
-    server.wait_for("listening for SIP on tcp");
+    let (data, port, server) = switch("sip-profiles/default.toml");
     let out = sipp(
         "register_wrong_password.xml",
         port,
@@ -149,10 +155,7 @@ fn register_with_wrong_password_is_refused() {
 
 #[test]
 fn options_is_answered_with_allow() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start(data.path(), port, Some(USERS));
-    server.wait_for("listening for SIP on tcp");
+    let (_data, port, server) = switch("sip-profiles/default.toml");
     assert_sipp_ok(&sipp("options.xml", port, &[]), "OPTIONS over UDP");
     assert_sipp_ok(
         &sipp("options.xml", port, &["-t", "t1"]),
@@ -163,16 +166,7 @@ fn options_is_answered_with_allow() {
 
 #[test]
 fn registered_udp_phone_gets_keepalive_options() {
-    let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = Server::start_with(
-        data.path(),
-        port,
-        Some(USERS),
-        std::path::Path::new("tests/profiles/keepalive.toml"),
-        &[],
-    );
-    server.wait_for("listening for SIP on tcp");
+    let (_data, port, server) = switch("tests/profiles/keepalive.toml");
     let phone = free_port();
     let out = sipp_from(
         phone,
