@@ -8,21 +8,20 @@
 //!
 //! Prints one line: `calls=N ok=N lost_pct=.. late_pct=.. rx_packets=..`.
 
-use std::collections::HashMap;
+#[path = "support/loopback_ua.rs"]
+mod loopback_ua;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
+use loopback_ua::{pcmu_packet, Ua};
 use tokio::net::UdpSocket;
-use tokio::sync::{oneshot, Mutex};
 use tokio::time::{interval, sleep, Instant, MissedTickBehavior};
 
 const FRAME: Duration = Duration::from_millis(20);
 /// Packets in the first second after the answer are not counted: the jitter buffer
 /// fills, and echo starts only once audio arrives.
 const WARMUP: Duration = Duration::from_secs(1);
-
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<String>>>>;
 
 #[derive(Default, Debug, Clone, Copy)]
 struct CallResult {
@@ -43,22 +42,18 @@ async fn main() -> anyhow::Result<()> {
     let calls: usize = args[2].parse()?;
     let seconds: u64 = args[3].parse()?;
 
-    let sip = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let waiters: Waiters = Arc::default();
-    tokio::spawn(sip_reader(sip.clone(), waiters.clone()));
+    let ua = Ua::new(server).await?;
 
     let mut tasks = Vec::new();
     for i in 0..calls {
-        let (sip, waiters) = (sip.clone(), waiters.clone());
+        let ua = ua.clone();
         tasks.push(tokio::spawn(async move {
             // Spread call set-up over a second so the INVITEs do not arrive as one burst.
             sleep(Duration::from_millis(
                 (i as u64 * 1000) / calls.max(1) as u64,
             ))
             .await;
-            one_call(i, server, sip, waiters, seconds)
-                .await
-                .unwrap_or_default()
+            one_call(i, ua, seconds).await.unwrap_or_default()
         }));
     }
     let mut total = CallResult::default();
@@ -81,111 +76,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Routes responses to the call waiting for them, by Call-ID and CSeq method.
-async fn sip_reader(sip: Arc<UdpSocket>, waiters: Waiters) {
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let Ok((n, _)) = sip.recv_from(&mut buf).await else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buf[..n]).to_string();
-        let status = text.split(' ').nth(1).unwrap_or("");
-        if !text.starts_with("SIP/2.0") || status.starts_with('1') {
-            continue;
-        }
-        let header = |name: &str| {
-            text.lines()
-                .find(|l| l.to_ascii_lowercase().starts_with(name))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-                .unwrap_or_default()
-        };
-        let key = format!("{} {}", header("call-id"), header("cseq"));
-        if let Some(tx) = waiters.lock().await.remove(&key) {
-            let _ = tx.send(text);
-        }
-    }
-}
-
-async fn transact(
-    sip: &UdpSocket,
-    server: SocketAddr,
-    waiters: &Waiters,
-    key: String,
-    request: String,
-) -> Option<String> {
-    let (tx, rx) = oneshot::channel();
-    waiters.lock().await.insert(key, tx);
-    let mut rx = rx;
-    // Retransmit as RFC 3261 Timer A/E would, for up to 8 s.
-    for attempt in 0..5u32 {
-        sip.send_to(request.as_bytes(), server).await.ok()?;
-        match tokio::time::timeout(Duration::from_millis(500 << attempt), &mut rx).await {
-            Ok(Ok(response)) => return Some(response),
-            Ok(Err(_)) => return None,
-            Err(_) => continue,
-        }
-    }
-    None
-}
-
-async fn one_call(
-    i: usize,
-    server: SocketAddr,
-    sip: Arc<UdpSocket>,
-    waiters: Waiters,
-    seconds: u64,
-) -> anyhow::Result<CallResult> {
+async fn one_call(i: usize, ua: Ua, seconds: u64) -> anyhow::Result<CallResult> {
     let rtp = UdpSocket::bind("127.0.0.1:0").await?;
-    let rtp_port = rtp.local_addr()?.port();
-    let local = sip.local_addr()?;
-    let call_id = format!("media-load-{i}-{}", std::process::id());
-    let sdp = format!(
-        "v=0\r\no=- {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
-         a=ptime:20\r\na=sendrecv\r\n"
-    );
-    let head = |method: &str, cseq: u32, to_tag: &str| {
-        format!(
-            "{method} sip:9196@{server} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id}{cseq}{method};rport\r\n\
-             From: <sip:load@{local}>;tag=t{i}\r\nTo: <sip:9196@{server}>{to_tag}\r\nCall-ID: {call_id}\r\n\
-             CSeq: {cseq} {method}\r\nContact: <sip:load@{local}>\r\nMax-Forwards: 70\r\n"
-        )
-    };
-    let invite = format!(
-        "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
-        head("INVITE", 1, ""),
-        sdp.len()
-    );
-    let Some(ok) = transact(
-        &sip,
-        server,
-        &waiters,
-        format!("{call_id} 1 INVITE"),
-        invite,
-    )
-    .await
-    else {
+    let Some(dialog) = ua.call(i, "9196", rtp.local_addr()?.port()).await else {
         return Ok(CallResult::default());
     };
-    if !ok.starts_with("SIP/2.0 200") {
-        return Ok(CallResult::default());
-    }
-    let to_tag = ok
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("to:") || l.starts_with("t:"))
-        .and_then(|l| l.split(";tag=").nth(1))
-        .map(|t| format!(";tag={}", t.trim()))
-        .unwrap_or_default();
-    let remote_port: u16 = ok
-        .lines()
-        .find(|l| l.starts_with("m=audio "))
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    let ack = format!("{}Content-Length: 0\r\n\r\n", head("ACK", 1, &to_tag));
-    sip.send_to(ack.as_bytes(), server).await?;
-    let media_to = SocketAddr::new(server.ip(), remote_port);
+    let media_to = dialog.media_to;
 
     // Send a 440 Hz tone for the call's length; count and time what comes back.
     let started = Instant::now();
@@ -201,15 +97,15 @@ async fn one_call(
         tokio::select! {
             _ = tick.tick() => {
                 if Instant::now() >= end { break; }
-                let mut packet = vec![0x80, 0x00];
-                packet.extend_from_slice(&seq.to_be_bytes());
-                packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-                packet.extend_from_slice(&(0x5000_0000u32 + i as u32).to_be_bytes());
-                for _ in 0..160 {
-                    let s = (phase.sin() * 8000.0) as i16;
-                    phase = (phase + 2.0 * std::f32::consts::PI * 440.0 / 8000.0) % (2.0 * std::f32::consts::PI);
-                    packet.push(sofia_media::g711::linear_to_mulaw(s));
-                }
+                let payload: Vec<u8> = (0..160)
+                    .map(|_| {
+                        let s = (phase.sin() * 8000.0) as i16;
+                        phase = (phase + 2.0 * std::f32::consts::PI * 440.0 / 8000.0)
+                            % (2.0 * std::f32::consts::PI);
+                        sofia_media::g711::linear_to_mulaw(s)
+                    })
+                    .collect();
+                let packet = pcmu_packet(seq, 0x5000_0000u32 + i as u32, &payload);
                 seq = seq.wrapping_add(1);
                 let _ = rtp.send_to(&packet, media_to).await;
             }
@@ -225,10 +121,7 @@ async fn one_call(
             }
         }
     }
-    let bye = format!("{}Content-Length: 0\r\n\r\n", head("BYE", 2, &to_tag));
-    let ok = transact(&sip, server, &waiters, format!("{call_id} 2 BYE"), bye)
-        .await
-        .is_some_and(|r| r.starts_with("SIP/2.0 200"));
+    let ok = ua.bye(&dialog).await;
     let measured = Duration::from_secs(seconds).saturating_sub(WARMUP);
     Ok(CallResult {
         ok,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sofia_media::{CodecKind, MediaConfig, SdpSession, SessionConfig};
@@ -11,8 +12,10 @@ use sofia_sip::{Body, CallHandle, EndReason, Event, IncomingCall};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::agent::{Agent, AgentCall, AgentSlot};
 use crate::config::{Application, Codec, Profile};
 use crate::media::{self, CallPorts, PortPool};
+use crate::metrics::{ActiveCall, Metrics};
 use crate::sip::{CallCommand, CallNotice, EndpointHandle};
 
 const SDP: &str = "application/sdp";
@@ -24,6 +27,9 @@ pub struct CallLayer {
     pub ports: PortPool,
     /// The address written in SDP `c=` lines.
     pub media_ip: IpAddr,
+    /// The voice agent, for calls the dialplan routes to it.
+    pub agent: AgentSlot,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Routes call notices until the endpoint task stops.
@@ -74,19 +80,28 @@ async fn start_call(
 ) -> Option<(CallHandle, mpsc::Sender<Event>)> {
     let call = incoming.call;
     let extension = incoming.user.clone().unwrap_or_default();
-    let reject = |status| layer.endpoint.command(call, CallCommand::Reject(status));
+    let reject = |status| {
+        layer.metrics.rejected(status);
+        layer.endpoint.command(call, CallCommand::Reject(status))
+    };
     let Some(application) = layer.profile.route(&extension) else {
         info!("call to unknown extension {extension:?}: 404");
         reject(404).await;
         return None;
     };
-    if application == Application::Agent {
-        // The voice agent is wired in with the voice pipeline; until then the call is
-        // refused honestly rather than answered with silence.
-        info!("call to {extension} (agent): voice pipeline not available, 480");
-        reject(480).await;
-        return None;
-    }
+    let agent = match application {
+        Application::Agent => match layer.agent.get() {
+            Ok(agent) => Some(agent),
+            Err(why) => {
+                // Refused honestly (Temporarily Unavailable) rather than answered with
+                // silence.
+                info!("call to {extension} (agent): {why}, 480");
+                reject(480).await;
+                return None;
+            }
+        },
+        Application::Echo => None,
+    };
     let Some(ports) = layer.ports.bind().await else {
         warn!("call to {extension}: no free RTP ports, 503");
         reject(503).await;
@@ -123,10 +138,10 @@ async fn start_call(
         call,
         extension,
         application,
-        caller: incoming
-            .authenticated_user
-            .clone()
-            .unwrap_or(incoming.from.clone()),
+        caller: caller_id(&incoming),
+        call_id: incoming.call_id.to_string(),
+        agent,
+        metrics: Arc::clone(&layer.metrics),
         endpoint: layer.endpoint.clone(),
         ports,
         sdp,
@@ -138,11 +153,31 @@ async fn start_call(
     Some((call, tx))
 }
 
+/// Who is calling, as memory keys it: the user that authenticated the INVITE, else the
+/// user part of the From URI (never the display name, which the caller chooses freely).
+fn caller_id(incoming: &IncomingCall) -> String {
+    if let Some(user) = &incoming.authenticated_user {
+        return user.clone();
+    }
+    let uri = incoming.from.trim_start_matches('<');
+    let rest = uri
+        .strip_prefix("sips:")
+        .or_else(|| uri.strip_prefix("sip:"))
+        .unwrap_or(uri);
+    match rest.split_once('@') {
+        Some((user, _)) => user.to_string(),
+        None => rest.trim_end_matches('>').to_string(),
+    }
+}
+
 struct CallTask {
     call: CallHandle,
     extension: String,
     application: Application,
     caller: String,
+    call_id: String,
+    agent: Option<Arc<Agent>>,
+    metrics: Arc<Metrics>,
     endpoint: EndpointHandle,
     ports: CallPorts,
     sdp: SdpSession,
@@ -176,6 +211,7 @@ impl CallTask {
         self.endpoint
             .command(self.call, CallCommand::Answer(body))
             .await;
+        let _active = ActiveCall::start(&self.metrics, self.application);
         info!(
             "call to {} ({}) from {} answered",
             self.extension, self.application, self.caller
@@ -226,7 +262,16 @@ impl CallTask {
                 return;
             }
         };
-        let ended = self.media_loop(&mut session, &mut events).await;
+        let mut agent = match &self.agent {
+            Some(agent) => Some(agent.start_call(&self.caller, &self.call_id).await),
+            None => None,
+        };
+        let ended = self
+            .media_loop(&mut session, &mut events, agent.as_mut())
+            .await;
+        if let (true, Some(agent)) = (ended, agent.as_mut()) {
+            agent.handle_hangup(Instant::now());
+        }
         if !ended {
             self.endpoint.command(self.call, CallCommand::Hangup).await;
         }
@@ -234,18 +279,40 @@ impl CallTask {
         info!("call to {} over: {stats:?}", self.extension);
     }
 
-    /// Runs media until the call ends. Returns true when the far end ended it.
+    /// Runs media (and the agent, on an agent call) until the call ends. Returns true
+    /// when the far end ended it.
     async fn media_loop(
         &mut self,
         session: &mut sofia_media::MediaSession,
         events: &mut mpsc::Receiver<Event>,
+        mut agent: Option<&mut AgentCall>,
     ) -> bool {
-        let deadline = tokio::time::Instant::now() + self.max_duration;
+        // The agent says goodbye at the limit itself; give it time to be heard.
+        let grace = if agent.is_some() {
+            Duration::from_secs(30)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = tokio::time::Instant::now() + self.max_duration + grace;
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
         loop {
-            let wake = tokio::time::Instant::from_std(session.poll_timeout());
+            let mut wake = session.poll_timeout();
+            if let Some(t) = agent.as_ref().and_then(|a| a.poll_timeout()) {
+                wake = wake.min(t);
+            }
+            let wake = tokio::time::Instant::from_std(wake);
             tokio::select! {
+                Some(result) = async {
+                    match agent.as_mut() {
+                        Some(a) => a.next_result().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(a) = agent.as_mut() {
+                        a.handle_result(Instant::now(), result);
+                    }
+                }
                 r = self.ports.rtp.recv_from(&mut rtp_buf) => {
                     if let Ok((n, from)) = r {
                         session.handle_datagram(Instant::now(), from, &rtp_buf[..n]);
@@ -287,12 +354,31 @@ impl CallTask {
                     }
                     sofia_media::Event::Dtmf { digit, .. } => {
                         info!("call to {}: DTMF digit {digit}", self.extension);
+                        if let Some(a) = agent.as_mut() {
+                            a.handle_dtmf(now, digit);
+                        }
                     }
                     sofia_media::Event::Latched { destination } => {
                         info!("call to {}: sending RTP to {destination}", self.extension);
                     }
-                    sofia_media::Event::Audio(_) => {}
+                    sofia_media::Event::Audio(frame) => {
+                        if let Some(a) = agent.as_mut() {
+                            a.handle_audio(now, &frame.samples);
+                        }
+                    }
                 }
+            }
+            if let Some(a) = agent.as_mut() {
+                if let Some(reason) = a.drive(now, session) {
+                    // The conversation asks only once its goodbye has played out.
+                    info!(
+                        "call to {}: the agent hangs up ({reason:?})",
+                        self.extension
+                    );
+                    return false;
+                }
+                // Agent audio queued just now goes out on the 20 ms schedule.
+                media::send_transmits(session, &self.ports, now);
             }
         }
     }

@@ -246,6 +246,25 @@ pub struct CallSettings {
     pub rtp_timeout_secs: u32,
 }
 
+/// The voice agent's tunables and its language model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// Silence after speech that ends the caller's turn.
+    pub end_of_turn_ms: u32,
+    /// Shorter speech (a cough, a click) is not a turn.
+    pub min_speech_ms: u32,
+    /// Longer speech is cut and transcribed.
+    pub max_utterance_secs: u32,
+    /// Caller silence before the agent asks whether they are still there.
+    pub silence_timeout_secs: u32,
+    /// An OpenAI-compatible endpoint up to and including `/v1`; `None`: the built-in
+    /// responder answers.
+    pub llm_url: Option<String>,
+    pub llm_model: String,
+    pub llm_api_key: Option<String>,
+    pub llm_timeout_secs: u32,
+}
+
 /// A validated profile with every override applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -260,6 +279,7 @@ pub struct Profile {
     pub data_dir: PathBuf,
     pub models_dir: PathBuf,
     pub whisper_model: WhisperModel,
+    pub agent: AgentSettings,
     pub users: Vec<User>,
     pub dialplan: Vec<Route>,
 }
@@ -293,6 +313,8 @@ struct ProfileFile {
     storage: StorageFile,
     #[serde(default)]
     stt: SttFile,
+    #[serde(default)]
+    agent: AgentFile,
     #[serde(default)]
     users: BTreeMap<String, UserFile>,
     #[serde(default)]
@@ -432,6 +454,34 @@ impl Default for SttFile {
     fn default() -> Self {
         SttFile {
             model: WhisperModel::TinyEn,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AgentFile {
+    end_of_turn_ms: u32,
+    min_speech_ms: u32,
+    max_utterance_secs: u32,
+    silence_timeout_secs: u32,
+    llm_url: String,
+    llm_model: String,
+    llm_api_key: String,
+    llm_timeout_secs: u32,
+}
+
+impl Default for AgentFile {
+    fn default() -> Self {
+        AgentFile {
+            end_of_turn_ms: 600,
+            min_speech_ms: 200,
+            max_utterance_secs: 15,
+            silence_timeout_secs: 10,
+            llm_url: String::new(),
+            llm_model: "llama3.2".to_string(),
+            llm_api_key: String::new(),
+            llm_timeout_secs: 30,
         }
     }
 }
@@ -751,6 +801,8 @@ fn validate(
         })
         .unwrap_or_else(|| data_dir.join("models"));
 
+    let agent = agent_settings(origin, file.agent, env)?;
+
     // Users.
     let users = match env.var("SOFIA_USERS") {
         Some(text) => parse_users_env(&text)?,
@@ -822,8 +874,81 @@ fn validate(
         data_dir,
         models_dir,
         whisper_model: file.stt.model,
+        agent,
         users,
         dialplan,
+    })
+}
+
+/// The `[agent]` section with `SOFIA_LLM_URL`, `SOFIA_LLM_MODEL` and `SOFIA_LLM_API_KEY`
+/// applied (the key is better kept out of the profile file).
+fn agent_settings(
+    origin: &str,
+    file: AgentFile,
+    env: &dyn Env,
+) -> Result<AgentSettings, ConfigError> {
+    let bounded = |key: &str, value: u32, min: u32, max: u32, unit: &str| {
+        if value < min || value > max {
+            return Err(error(
+                origin,
+                key,
+                format!("{value} {unit} is outside {min}-{max}"),
+                format!("use a value from {min} to {max} {unit}"),
+            ));
+        }
+        Ok(value)
+    };
+    let end_of_turn_ms = bounded("agent.end_of_turn_ms", file.end_of_turn_ms, 100, 5000, "ms")?;
+    let min_speech_ms = bounded("agent.min_speech_ms", file.min_speech_ms, 20, 5000, "ms")?;
+    let max_utterance_secs = bounded(
+        "agent.max_utterance_secs",
+        file.max_utterance_secs,
+        1,
+        30,
+        "seconds (Whisper hears at most 30 s at once)",
+    )?;
+    let silence_timeout_secs = bounded(
+        "agent.silence_timeout_secs",
+        file.silence_timeout_secs,
+        1,
+        3600,
+        "seconds",
+    )?;
+    let llm_timeout_secs = bounded(
+        "agent.llm_timeout_secs",
+        file.llm_timeout_secs,
+        1,
+        600,
+        "seconds",
+    )?;
+    let (url_origin, url_key, url) = match env.var("SOFIA_LLM_URL") {
+        Some(url) => ("environment", "SOFIA_LLM_URL", url),
+        None => (origin, "agent.llm_url", file.llm_url),
+    };
+    let url = url.trim().trim_end_matches('/').to_string();
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(error(
+            url_origin,
+            url_key,
+            format!("`{url}` is not an http:// or https:// URL"),
+            "give the endpoint's base URL up to /v1, e.g. http://127.0.0.1:11434/v1, or leave it empty for the built-in responder",
+        ));
+    }
+    let llm_model = env.var("SOFIA_LLM_MODEL").unwrap_or(file.llm_model);
+    let llm_api_key = env
+        .var("SOFIA_LLM_API_KEY")
+        .unwrap_or(file.llm_api_key)
+        .trim()
+        .to_string();
+    Ok(AgentSettings {
+        end_of_turn_ms,
+        min_speech_ms,
+        max_utterance_secs,
+        silence_timeout_secs,
+        llm_url: (!url.is_empty()).then_some(url),
+        llm_model,
+        llm_api_key: (!llm_api_key.is_empty()).then_some(llm_api_key),
+        llm_timeout_secs,
     })
 }
 
@@ -967,7 +1092,10 @@ mod tests {
             }
         );
         assert_eq!(p.sip.external_addr.as_deref(), Some("203.0.113.7"));
-        assert_eq!(p.http_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            p.http_listen,
+            "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(p.data_dir, PathBuf::from("/srv/sofia"));
         assert_eq!(p.models_dir, PathBuf::from("/srv/sofia/models"));
         assert_eq!(

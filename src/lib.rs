@@ -4,11 +4,15 @@
 //! sockets, the clock, model files and the database. Protocol logic lives in the core
 //! crates under `crates/` and is driven from here.
 
+pub mod agent;
 pub mod calls;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod http;
 pub mod media;
+pub mod metrics;
 pub mod models;
 pub mod serve;
 pub mod sip;
+pub mod voice;

@@ -2,16 +2,19 @@
 //! SIGTERM. This is the thin tokio shell; protocol logic lives in the core crates.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
-use crate::config::{Profile, Transport};
+use crate::agent::AgentSlot;
+use crate::config::{Application, Profile, Transport};
 use crate::credentials;
 use crate::media::PortPool;
-use crate::{calls, sip};
+use crate::metrics::Metrics;
+use crate::{calls, http, sip};
 use sofia_sip::Endpoint;
 
 pub fn run(profile: Profile) -> anyhow::Result<()> {
@@ -99,7 +102,49 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     {
         warn!("a user has a password shorter than 8 characters on a non-loopback address");
     }
+    // Signal handlers go in before the sockets are bound and "listening" is logged: a
+    // SIGTERM that arrives right after that line must stop us cleanly, not kill us.
+    let shutdown = ShutdownSignal::install()?;
     let listeners = bind(&profile).await?;
+    let metrics = Arc::new(Metrics::new());
+    let has_agent = profile
+        .dialplan
+        .iter()
+        .any(|r| r.application == Application::Agent);
+    let sip_addrs = [
+        listeners
+            .udp
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| format!("udp {a}")),
+        listeners
+            .tcp
+            .as_ref()
+            .and_then(|s| s.local_addr().ok())
+            .map(|a| format!("tcp {a}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let (http_addr, http_listener, router) = http::bind(
+        profile.http_listen,
+        Arc::clone(&metrics),
+        sip_addrs,
+        has_agent,
+    )
+    .await?;
+    info!("health and metrics on http://{http_addr}/health and /metrics");
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        let served = axum::serve(http_listener, router)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            warn!("the health/metrics listener stopped: {e}");
+        }
+    });
     let mut endpoint = Endpoint::new(sip_config(&profile, &resolved.credentials), Instant::now());
     let registrations = profile.data_dir.join("registrations.json");
     sip::load_registrations(&mut endpoint, &registrations);
@@ -113,17 +158,25 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         listeners.tcp,
         registrations,
         keepalive,
+        Arc::clone(&metrics),
     );
     let ports = PortPool::new(
         profile.rtp.ports.first,
         profile.rtp.ports.last,
         profile.sip.listen,
     )?;
+    let agent = if has_agent {
+        AgentSlot::load_in_background(profile.clone(), Arc::clone(&metrics))
+    } else {
+        AgentSlot::default()
+    };
     let layer = calls::CallLayer {
         profile: profile.clone(),
         endpoint: handle.clone(),
         ports,
         media_ip: media_ip(&profile),
+        agent,
+        metrics,
     };
     let calls = tokio::spawn(calls::run(layer, notices));
     info!(
@@ -131,11 +184,13 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         profile.rtp.ports,
         profile.rtp.ports.call_capacity()
     );
-    shutdown_signal().await;
+    shutdown.recv().await;
     info!("shutting down");
     handle.shutdown().await;
     let _ = endpoint_task.await;
     calls.abort();
+    let _ = http_stop.send(());
+    let _ = http_task.await;
     Ok(())
 }
 
@@ -192,23 +247,25 @@ pub fn advertised_host(profile: &Profile) -> String {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// SIGINT or SIGTERM, registered when installed (not when first awaited).
+struct ShutdownSignal {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(mut self) {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
+
 /// Largest UDP datagram we read; larger SIP messages must use TCP (RFC 3261 18.1.1).
 const MAX_DATAGRAM: usize = 65_535;
 /// Messages queued for the endpoint task; past this, UDP input is dropped (the peer
@@ -101,6 +103,7 @@ pub fn start(
     tcp: Option<TcpListener>,
     registrations_file: PathBuf,
     keepalive: Option<Keepalive>,
+    metrics: Arc<Metrics>,
 ) -> (
     EndpointHandle,
     mpsc::Receiver<CallNotice>,
@@ -130,6 +133,7 @@ pub fn start(
             .as_ref()
             .map(|k| tokio::time::Instant::now() + k.interval),
         keepalive,
+        metrics,
     };
     let join = tokio::spawn(task.run(rx));
     (EndpointHandle { tx }, notice_rx, join)
@@ -180,6 +184,7 @@ struct EndpointTask {
     persist_at: Option<tokio::time::Instant>,
     keepalive: Option<Keepalive>,
     keepalive_at: Option<tokio::time::Instant>,
+    metrics: Arc<Metrics>,
 }
 
 const PERSIST_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -324,6 +329,9 @@ impl EndpointTask {
     fn persist_registrations(&mut self) {
         self.persist_at = None;
         let snapshot = self.endpoint.registrar_snapshot(Instant::now(), unix_now());
+        self.metrics
+            .registrations
+            .set(snapshot.bindings.len() as i64);
         let result = serde_json::to_vec_pretty(&snapshot)
             .context("serialising registrations")
             .and_then(|json| write_atomic(&self.registrations_file, &json));

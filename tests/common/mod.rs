@@ -56,9 +56,13 @@ impl Server {
         env: &[(&str, &str)],
     ) -> Server {
         let mut cmd = sofia();
+        // Tests that do not call the agent do not load its models (seconds of CPU per
+        // server, which the timing-sensitive media tests would feel): an empty models
+        // dir makes it unavailable at once. Agent tests pass SOFIA_MODELS_DIR.
         cmd.arg("serve")
             .arg("--config")
             .arg(profile)
+            .env("SOFIA_MODELS_DIR", data_dir.join("no-models"))
             .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(data_dir)

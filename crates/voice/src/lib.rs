@@ -1,0 +1,28 @@
+//! sofia-voice: the sans-IO conversation core of the voice agent.
+//!
+//! What it owns: the per-call [`Conversation`] controller (listening, thinking, speaking;
+//! end of turn, barge-in, silence and call-length timers), the [`CircuitBreaker`], the
+//! streaming [`SentenceSplitter`], the built-in offline [`responder`], and one small trait
+//! per pipeline stage ([`Stt`], [`Llm`], [`Tts`], [`Memory`]).
+//!
+//! What it must not do: read a clock, spawn threads, touch sockets, files, models or a
+//! database (`crates/clippy.toml` enforces the first three). It sees 16 kHz PCM and text,
+//! never RTP or SIP. The root package implements the stages and drives the controller.
+
+pub mod breaker;
+pub mod conversation;
+pub mod responder;
+pub mod splitter;
+pub mod stage;
+pub mod text;
+
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use conversation::{
+    Action, CallInfo, ClipId, Config, Conversation, Event, HangUpReason, PlaybackProgress, Prompt,
+    ReplyChunk, Stage, State, TurnId, TurnTimings, SAMPLE_RATE,
+};
+pub use splitter::SentenceSplitter;
+pub use stage::{
+    Audio, GenerateRequest, Llm, Memory, Message, Role, SpeechStats, StageError, Stt, Transcript,
+    Tts, TurnRecord,
+};

@@ -1,0 +1,347 @@
+//! Small, deterministic text helpers for the built-in responder and the controller:
+//! intents (goodbye, "what did I tell you"), names, and turning the caller's words round
+//! ("my bike" -> "your bike").
+
+/// Lower-case words, apostrophes kept, punctuation dropped.
+pub fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace(['’', '‘'], "'")
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn has_phrase(words: &[String], phrase: &str) -> bool {
+    let p: Vec<&str> = phrase.split(' ').collect();
+    words
+        .windows(p.len())
+        .any(|w| w.iter().zip(&p).all(|(a, b)| a == b))
+}
+
+/// The caller wants to end the call.
+pub fn is_goodbye(text: &str) -> bool {
+    let w = words(text);
+    if w.is_empty() || w.len() > 8 {
+        return false;
+    }
+    ["bye", "goodbye", "byebye"]
+        .iter()
+        .any(|b| w.iter().any(|x| x == b))
+        || [
+            "hang up",
+            "that's all",
+            "that is all",
+            "see you",
+            "talk to you later",
+        ]
+        .iter()
+        .any(|p| has_phrase(&w, p))
+}
+
+/// The caller asks what they said in an earlier call.
+pub fn asks_about_last_time(text: &str) -> bool {
+    let w = words(text);
+    let earlier = has_phrase(&w, "last time")
+        || has_phrase(&w, "last call")
+        || has_phrase(&w, "before")
+        || has_phrase(&w, "remember");
+    let said = [
+        "tell",
+        "told",
+        "say",
+        "said",
+        "talk",
+        "talked",
+        "remember",
+        "mention",
+        "mentioned",
+    ]
+    .iter()
+    .any(|v| w.iter().any(|x| x == v));
+    earlier && said
+}
+
+/// The caller asks whether their name is known.
+pub fn asks_own_name(text: &str) -> bool {
+    let w = words(text);
+    let what = w.iter().any(|x| x == "what" || x == "what's");
+    has_phrase(&w, "my name")
+        && (what || has_phrase(&w, "do you know") || has_phrase(&w, "remember"))
+        || has_phrase(&w, "who am i")
+}
+
+/// The caller checks that someone is there ("Hello?", "Are you there?").
+pub fn is_presence_check(text: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "hello", "hi", "hey", "are", "you", "there", "anyone", "anybody", "is", "still", "can",
+        "hear", "me", "oh",
+    ];
+    let w = words(text);
+    !w.is_empty()
+        && w.len() <= 6
+        && w.iter().all(|x| WORDS.contains(&x.as_str()))
+        && w.iter()
+            .any(|x| matches!(x.as_str(), "hello" | "hi" | "hey" | "there" | "hear"))
+}
+
+/// The caller asks a question.
+pub fn is_question(text: &str) -> bool {
+    const OPENERS: &[&str] = &[
+        "what", "what's", "when", "where", "who", "why", "how", "which", "can", "could", "do",
+        "does", "did", "is", "are", "will", "would", "should",
+    ];
+    text.trim_end().ends_with('?')
+        || words(text)
+            .first()
+            .is_some_and(|w| OPENERS.contains(&w.as_str()))
+}
+
+/// Words that follow "I'm" but are not names.
+const NOT_NAMES: &[&str] = &[
+    "calling",
+    "looking",
+    "trying",
+    "just",
+    "fine",
+    "good",
+    "well",
+    "here",
+    "not",
+    "so",
+    "sorry",
+    "ok",
+    "okay",
+    "great",
+    "interested",
+    "going",
+    "wondering",
+    "having",
+    "the",
+    "a",
+    "an",
+    "still",
+    "very",
+    "really",
+    "back",
+    "thinking",
+    "planning",
+    "hoping",
+    "glad",
+    "happy",
+    "i",
+    "yes",
+    "no",
+    "yeah",
+    "hello",
+    "hi",
+    "thanks",
+    "thank",
+    "sure",
+    "what",
+    "why",
+    "who",
+    "it",
+    "that",
+    "this",
+];
+
+/// A name the caller gives in `text` ("my name is Ada", "I'm Ada", "call me Ada").
+/// `just_asked` means the agent's last words asked for the name, so a bare "Ada." counts.
+pub fn extract_name(text: &str, just_asked: bool) -> Option<String> {
+    let tokens: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '.' | '!' | '?' | ';' | ':'))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let lower: Vec<String> = tokens
+        .iter()
+        .map(|t| t.to_lowercase().replace('’', "'"))
+        .collect();
+    let cue_ends = |cue: &[&str]| -> Option<usize> {
+        lower
+            .windows(cue.len())
+            .position(|w| w.iter().zip(cue).all(|(a, b)| a == b))
+            .map(|p| p + cue.len())
+    };
+    let mut start = None;
+    let mut strict = false;
+    for (cue, needs_capital) in [
+        (&["my", "name", "is"][..], false),
+        (&["name's"][..], false),
+        (&["call", "me"][..], false),
+        (&["this", "is"][..], true),
+        (&["i'm"][..], true),
+        (&["i", "am"][..], true),
+        (&["it's"][..], true),
+    ] {
+        if let Some(p) = cue_ends(cue) {
+            start = Some(p);
+            strict = needs_capital;
+            break;
+        }
+    }
+    if start.is_none() && just_asked && (1..=2).contains(&tokens.len()) {
+        start = Some(0);
+        strict = true;
+    }
+    let start = start?;
+    let name_words: Vec<&str> = tokens[start..]
+        .iter()
+        .take(2)
+        .take_while(|t| t.chars().next().is_some_and(char::is_alphabetic))
+        .take_while(|t| !NOT_NAMES.contains(&t.to_lowercase().as_str()))
+        .copied()
+        .collect();
+    let first = name_words.first()?;
+    if strict && !first.chars().next().is_some_and(char::is_uppercase) {
+        return None;
+    }
+    // A second word only if it is capitalised too ("Ada Lovelace", not "Ada and").
+    let take =
+        if name_words.len() == 2 && name_words[1].chars().next().is_some_and(char::is_uppercase) {
+            2
+        } else {
+            1
+        };
+    Some(
+        name_words[..take]
+            .iter()
+            .map(|w| capitalise(w))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+fn capitalise(w: &str) -> String {
+    let mut c = w.chars();
+    match c.next() {
+        Some(f) => f
+            .to_uppercase()
+            .chain(c.flat_map(char::to_lowercase))
+            .collect(),
+        None => String::new(),
+    }
+}
+
+/// Words after which "you" is a subject ("can you" -> "can I"), not an object.
+const SUBJECT_CUES: &[&str] = &[
+    "can", "could", "will", "would", "should", "do", "did", "if", "and", "that", "when", "but",
+    "so", "because", "think", "hope", "said",
+];
+
+/// The caller's words as the agent would say them back: "I need my bike fixed" ->
+/// "you need your bike fixed". Trailing punctuation is dropped.
+pub fn second_person(text: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut prev_was_i = false;
+    let mut prev = String::new();
+    for raw in text.split_whitespace() {
+        let core_end = raw
+            .trim_end_matches(|c: char| !c.is_alphanumeric() && c != '\'')
+            .len();
+        let (core, tail) = raw.split_at(core_end);
+        let lower = core.to_lowercase().replace('’', "'");
+        let swapped = match lower.as_str() {
+            "i" => Some("you"),
+            "i'm" => Some("you're"),
+            "i've" => Some("you've"),
+            "i'll" => Some("you'll"),
+            "i'd" => Some("you'd"),
+            "me" => Some("you"),
+            "my" => Some("your"),
+            "mine" => Some("yours"),
+            "myself" => Some("yourself"),
+            "we" => Some("you"),
+            "we're" => Some("you're"),
+            "our" => Some("your"),
+            "us" => Some("you"),
+            "am" if prev_was_i => Some("are"),
+            "was" if prev_was_i => Some("were"),
+            "you" if out.is_empty() || SUBJECT_CUES.contains(&prev.as_str()) => Some("I"),
+            "you" => Some("me"),
+            "your" => Some("my"),
+            "yours" => Some("mine"),
+            "you're" => Some("I'm"),
+            "yourself" => Some("myself"),
+            _ => None,
+        };
+        prev_was_i = lower == "i";
+        prev = lower.clone();
+        let word = match swapped {
+            Some(s) => s.to_string(),
+            None if core.len() > 1
+                && core.chars().next().is_some_and(char::is_uppercase)
+                && out.is_empty() =>
+            {
+                // Sentence-initial capital that is not a proper noun; names usually keep
+                // theirs, but we cannot tell here, so only lower the first word.
+                core.to_lowercase()
+            }
+            None => core.to_string(),
+        };
+        out.push(format!("{word}{tail}"));
+    }
+    let joined = out.join(" ");
+    joined
+        .trim_end_matches(['.', '!', '?', ',', ';', ':'])
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intents() {
+        assert!(is_goodbye("Okay, bye!"));
+        assert!(is_goodbye("Goodbye."));
+        assert!(!is_goodbye("I bought a bicycle"));
+        assert!(asks_about_last_time("What did I tell you last time?"));
+        assert!(asks_about_last_time("Do you remember what I said?"));
+        assert!(!asks_about_last_time("I need a table for two"));
+        assert!(asks_own_name("What's my name?"));
+        assert!(is_presence_check("Hello?"));
+        assert!(is_presence_check("Are you there?"));
+        assert!(!is_presence_check("Hello, I need a taxi."));
+        assert!(is_question("When do you open?"));
+        assert!(!is_question("I need a taxi."));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            extract_name("My name is Ada.", false).as_deref(),
+            Some("Ada")
+        );
+        assert_eq!(
+            extract_name("Hi, I'm Grace Hopper", false).as_deref(),
+            Some("Grace Hopper")
+        );
+        assert_eq!(extract_name("I'm calling about my order", false), None);
+        assert_eq!(extract_name("Ada.", true).as_deref(), Some("Ada"));
+        assert_eq!(extract_name("Ada.", false), None);
+        assert_eq!(extract_name("I like boats.", true), None);
+        assert_eq!(extract_name("Yes.", true), None);
+        assert_eq!(
+            extract_name("call me ishmael", false).as_deref(),
+            Some("Ishmael")
+        );
+    }
+
+    #[test]
+    fn turns_words_round() {
+        assert_eq!(
+            second_person("I need to fix my bike."),
+            "you need to fix your bike"
+        );
+        assert_eq!(
+            second_person("I am planning a trip to Lisbon"),
+            "you are planning a trip to Lisbon"
+        );
+        assert_eq!(
+            second_person("Can you call me back?"),
+            "can I call you back"
+        );
+    }
+}

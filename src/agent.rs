@@ -1,0 +1,536 @@
+//! The voice agent application (dialplan `agent`, extension 5555 by default).
+//!
+//! [`Agent`] holds what every call shares: the loaded models, the memory, the worker
+//! pools and the cached prompts. [`AgentCall`] is one call's driver: the call task feeds
+//! it the decoded 16 kHz caller audio and DTMF from the media session, and it feeds them
+//! (with the voice activity detector's verdict) into a `sofia_voice::Conversation`, then
+//! carries out what the conversation asks: stage work through
+//! [`crate::voice::Stages::dispatch`], playback and flushes on the media session, and
+//! the hang-up. Decisions are the conversation's; this is plumbing.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sofia_media::MediaSession;
+use sofia_voice::{
+    Action, BreakerState, CallInfo, ClipId, Conversation, Event, HangUpReason, PlaybackProgress,
+    Stage, Stt, Tts, TurnRecord,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::Profile;
+use crate::metrics::{AgentState, Metrics};
+use crate::models::catalog::whisper_ggml;
+use crate::voice::{
+    InFlight, LanceMemory, MediaCommand, OpenAiConfig, OpenAiLlm, PiperTts, PromptCache, SileroVad,
+    StageResult, Stages, VadStream, VoiceModels, WhisperConfig, WhisperStt, WorkerPool,
+};
+
+/// Turns of a caller's earlier calls handed to the conversation (and so to the reply
+/// step) at the start of a call.
+const RECALL_LIMIT: usize = 20;
+
+/// The voice agent's shared, loaded parts.
+pub struct Agent {
+    stages: Stages,
+    vad: Arc<SileroVad>,
+    config: sofia_voice::Config,
+    /// `<data_dir>/transcripts`: one text file per call.
+    transcripts: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl Agent {
+    /// Loads every model, opens the memory and synthesizes the fixed prompts. Blocking
+    /// (seconds): run it off the async runtime.
+    pub fn load(profile: &Profile, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut models = VoiceModels::under(&profile.models_dir);
+        models.whisper = profile.models_dir.join(whisper_ggml(profile.whisper_model));
+        models.require_all()?;
+        let vad = SileroVad::load(&models.silero_vad, &models.onnxruntime)?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stt = WhisperStt::load(
+            &models.whisper,
+            WhisperConfig {
+                threads: cores.min(4),
+                ..WhisperConfig::default()
+            },
+        )?;
+        let tts = PiperTts::load(
+            &models.piper_model,
+            &models.piper_config,
+            &models.onnxruntime,
+        )?;
+        let prompts = PromptCache::synthesize(&tts).context("synthesizing the fixed prompts")?;
+        let memory = LanceMemory::open(&profile.data_dir).context("opening the memory")?;
+        let transcripts = profile.data_dir.join("transcripts");
+        std::fs::create_dir_all(&transcripts)
+            .with_context(|| format!("creating {}", transcripts.display()))?;
+        let settings = &profile.agent;
+        let llm_timeout = Duration::from_secs(settings.llm_timeout_secs.into());
+        let llm = match &settings.llm_url {
+            Some(url) => Some(Arc::new(
+                OpenAiLlm::new(OpenAiConfig {
+                    base_url: url.clone(),
+                    model: settings.llm_model.clone(),
+                    api_key: settings.llm_api_key.clone(),
+                    timeout: llm_timeout,
+                    ..OpenAiConfig::default()
+                })
+                .context("setting up the language model client")?,
+            )),
+            None => None,
+        };
+        let config = sofia_voice::Config {
+            end_of_turn_silence: Duration::from_millis(settings.end_of_turn_ms.into()),
+            min_speech: Duration::from_millis(settings.min_speech_ms.into()),
+            max_utterance: Duration::from_secs(settings.max_utterance_secs.into()),
+            silence_timeout: Duration::from_secs(settings.silence_timeout_secs.into()),
+            max_call: Duration::from_secs(profile.calls.max_duration_secs.into()),
+            llm_timeout,
+            use_llm: llm.is_some(),
+            ..sofia_voice::Config::default()
+        };
+        // One transcription at a time uses every core (whisper.cpp threads inside);
+        // synthesis is serialised by Piper itself. Queues are short on purpose: a turn
+        // that would wait longer than its timeout is better refused (the breaker and the
+        // fallbacks take over) than left to pile up.
+        let stt_pool = WorkerPool::new("stt", 1, 8).context("starting the STT workers")?;
+        let tts_pool = WorkerPool::new("tts", 1, 16).context("starting the TTS workers")?;
+        Ok(Self {
+            stages: Stages {
+                stt: Arc::new(stt) as Arc<dyn Stt>,
+                tts: Arc::new(tts) as Arc<dyn Tts>,
+                llm,
+                memory: Arc::new(memory),
+                prompts: Arc::new(prompts),
+                stt_pool: Arc::new(stt_pool),
+                tts_pool: Arc::new(tts_pool),
+            },
+            vad: Arc::new(vad),
+            config,
+            transcripts,
+            metrics,
+        })
+    }
+
+    /// What the agent answers with, for the start-up log.
+    pub fn describe(&self) -> String {
+        match &self.stages.llm {
+            Some(llm) => format!(
+                "language model {} at {}",
+                llm.config().model,
+                llm.config().base_url
+            ),
+            None => "built-in responder".to_string(),
+        }
+    }
+
+    /// Starts the conversation of an answered call: recalls what the caller said in
+    /// earlier calls and queues the greeting.
+    pub async fn start_call(self: &Arc<Self>, caller: &str, call_id: &str) -> AgentCall {
+        let remembered = match self.stages.memory.recall_async(caller, RECALL_LIMIT).await {
+            Ok(turns) => turns,
+            Err(e) => {
+                // A call without memory is better than no call.
+                warn!(error = %e, "could not recall {caller}'s earlier calls");
+                Vec::new()
+            }
+        };
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let info = CallInfo {
+            caller: caller.to_string(),
+            call_id: call_id.to_string(),
+            started: Instant::now(),
+            started_unix_ms: unix_ms,
+        };
+        if !remembered.is_empty() {
+            info!(
+                "agent call from {caller}: {} turns remembered",
+                remembered.len()
+            );
+        }
+        let (results_tx, results) = mpsc::unbounded_channel();
+        AgentCall {
+            transcript: self.transcripts.join(format!(
+                "{unix_ms}-{}-{}.txt",
+                file_safe(caller),
+                file_safe(call_id)
+            )),
+            agent: Arc::clone(self),
+            conversation: Conversation::new(self.config.clone(), info, remembered),
+            vad: VadStream::new(),
+            in_flight: InFlight::default(),
+            results_tx,
+            results,
+            playback: Playback::default(),
+            open_breakers: Vec::new(),
+        }
+    }
+}
+
+/// The agent as start-up left it: still loading, loaded, or failed (and why). Loading
+/// takes seconds, so the switch serves registrations and other calls meanwhile.
+#[derive(Clone, Default)]
+pub struct AgentSlot(Arc<OnceLock<Result<Arc<Agent>, String>>>);
+
+impl AgentSlot {
+    /// Loads the agent on a blocking thread and logs the outcome.
+    pub fn load_in_background(profile: Profile, metrics: Arc<Metrics>) -> Self {
+        let slot = Self::default();
+        let cell = Arc::clone(&slot.0);
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = Agent::load(&profile, Arc::clone(&metrics))
+                .map(Arc::new)
+                .map_err(|e| format!("{e:#}"));
+            match &result {
+                Ok(agent) => {
+                    metrics.set_agent_state(AgentState::Ready);
+                    info!(
+                        "voice agent ready in {:.1?} ({})",
+                        started.elapsed(),
+                        agent.describe()
+                    )
+                }
+                Err(why) => {
+                    metrics.set_agent_state(AgentState::Unavailable);
+                    warn!("voice agent unavailable, its calls get 480: {why}")
+                }
+            }
+            let _ = cell.set(result);
+        });
+        slot
+    }
+
+    /// The agent, or why there is none.
+    pub fn get(&self) -> Result<Arc<Agent>, String> {
+        match self.0.get() {
+            Some(Ok(agent)) => Ok(Arc::clone(agent)),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err("the voice agent is still loading".to_string()),
+        }
+    }
+}
+
+/// One call's conversation and the plumbing around it.
+pub struct AgentCall {
+    agent: Arc<Agent>,
+    /// The call's transcript file, appended to as turns are committed to memory.
+    transcript: PathBuf,
+    conversation: Conversation,
+    vad: VadStream,
+    in_flight: InFlight,
+    results_tx: mpsc::UnboundedSender<StageResult>,
+    results: mpsc::UnboundedReceiver<StageResult>,
+    playback: Playback,
+    /// Stages whose breaker is open in this call (counted in the metrics' gauge).
+    open_breakers: Vec<Stage>,
+}
+
+impl AgentCall {
+    /// The next stage result (a transcript, reply text, synthesized audio).
+    pub async fn next_result(&mut self) -> Option<StageResult> {
+        self.results.recv().await
+    }
+
+    pub fn handle_result(&mut self, now: Instant, result: StageResult) {
+        result.apply(&mut self.conversation, now);
+    }
+
+    /// One frame of decoded caller audio at 16 kHz.
+    pub fn handle_audio(&mut self, now: Instant, samples: &[f32]) {
+        let speech = match self.vad.push_frame(&self.agent.vad, samples) {
+            Ok(speech) => speech,
+            Err(e) => {
+                // Treat the frame as silence: a broken detector must not keep a turn open.
+                debug!(error = %e, "voice activity detection failed");
+                false
+            }
+        };
+        self.conversation.handle_audio(now, samples, speech);
+    }
+
+    pub fn handle_dtmf(&mut self, now: Instant, digit: char) {
+        self.conversation.handle_dtmf(now, digit);
+    }
+
+    /// The caller hung up: what was played is remembered.
+    pub fn handle_hangup(&mut self, now: Instant) {
+        self.conversation.handle_hangup(now);
+        self.drain_actions(None);
+    }
+
+    /// When [`AgentCall::drive`] has timer work next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.conversation.poll_timeout()
+    }
+
+    /// Fires due timers, reports playback progress, and carries out every action the
+    /// conversation has queued. Returns why the agent wants the call ended, if it does.
+    pub fn drive(&mut self, now: Instant, session: &mut MediaSession) -> Option<HangUpReason> {
+        if self.conversation.poll_timeout().is_some_and(|t| t <= now) {
+            self.conversation.handle_timeout(now);
+        }
+        for progress in self.playback.progress(session.queued_playback()) {
+            self.conversation.handle_playback_progress(now, progress);
+        }
+        let hang_up = self.drain_actions(Some(session));
+        while let Some(event) = self.conversation.poll_event() {
+            log_event(&event);
+            self.count(&event);
+        }
+        hang_up
+    }
+
+    fn drain_actions(&mut self, mut session: Option<&mut MediaSession>) -> Option<HangUpReason> {
+        let mut hang_up = None;
+        while let Some(action) = self.conversation.poll_action() {
+            if let Action::Remember(turn) = &action {
+                debug!("{} said: {}", turn.role.as_str(), turn.text);
+                self.append_transcript(turn);
+            }
+            let command = self
+                .agent
+                .stages
+                .dispatch(action, &self.results_tx, &mut self.in_flight);
+            let (Some(command), Some(session)) = (command, session.as_deref_mut()) else {
+                continue;
+            };
+            match command {
+                MediaCommand::Play { clip, audio } => {
+                    let before = session.queued_playback();
+                    if audio.samples.is_empty() {
+                        self.playback.push(clip, Duration::ZERO);
+                    } else if let Err(e) = session.queue_playback(&audio.samples, audio.sample_rate)
+                    {
+                        warn!(error = %e, "agent audio could not be queued; skipped");
+                        self.playback.push(clip, Duration::ZERO);
+                    } else {
+                        let queued = session.queued_playback().saturating_sub(before);
+                        self.playback.push(clip, queued);
+                    }
+                }
+                MediaCommand::Flush => {
+                    // Barge-in: nothing queued goes out after the frame on the wire now.
+                    session.flush_playback();
+                    self.playback.flush();
+                }
+                MediaCommand::HangUp(reason) => hang_up = Some(reason),
+            }
+        }
+        // Empty clips finish at once.
+        if let Some(session) = session {
+            for progress in self.playback.progress(session.queued_playback()) {
+                self.conversation
+                    .handle_playback_progress(Instant::now(), progress);
+            }
+        }
+        hang_up
+    }
+}
+
+impl AgentCall {
+    fn count(&mut self, event: &Event) {
+        let m = &self.agent.metrics;
+        match event {
+            Event::TurnFinished(t) => {
+                if let (Some(end), Some(play)) = (t.end_of_speech, t.first_play) {
+                    m.agent_turns.inc();
+                    m.agent_turn_latency
+                        .observe(play.saturating_duration_since(end).as_secs_f64());
+                }
+            }
+            Event::BargeIn { .. } => {
+                m.agent_barge_ins.inc();
+            }
+            Event::FallbackReply { .. } => {
+                m.agent_fallback_replies.inc();
+            }
+            Event::Breaker { stage, state } => {
+                let open = matches!(state, BreakerState::Open { .. });
+                let was_open = self.open_breakers.contains(stage);
+                let gauge = m.agent_breakers_open.get_or_create(&Metrics::stage(*stage));
+                if open && !was_open {
+                    gauge.inc();
+                    self.open_breakers.push(*stage);
+                } else if !open && was_open {
+                    gauge.dec();
+                    self.open_breakers.retain(|s| s != stage);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One line per turn, as memory stores it (what was actually played, after a
+    /// barge-in). A few bytes per turn: written in place, not worth a blocking thread.
+    fn append_transcript(&self, turn: &TurnRecord) {
+        use std::io::Write;
+        let line = format!("{} {}: {}\n", turn.unix_ms, turn.role.as_str(), turn.text);
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.transcript)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            warn!(error = %e, "cannot write {}", self.transcript.display());
+        }
+    }
+}
+
+/// `text` with anything but ASCII letters, digits, `-`, `_` and `.` replaced by `_`:
+/// Call-IDs and user names come from the network.
+fn file_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Drop for AgentCall {
+    fn drop(&mut self) {
+        for stage in &self.open_breakers {
+            self.agent
+                .metrics
+                .agent_breakers_open
+                .get_or_create(&Metrics::stage(*stage))
+                .dec();
+        }
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::TurnFinished(t) => {
+            let since = |later: Option<Instant>| {
+                t.end_of_speech
+                    .zip(later)
+                    .map(|(a, b)| format!("{}ms", b.saturating_duration_since(a).as_millis()))
+                    .unwrap_or_else(|| "-".into())
+            };
+            // Times from the end of the caller's speech; bench/turn.sh reads this line.
+            info!(
+                "agent turn {}: stt {} first text {} first audio {} first play {}{}",
+                t.turn.0,
+                since(t.stt_done),
+                since(t.first_text),
+                since(t.first_audio),
+                since(t.first_play),
+                if t.barged_in { " (barged in)" } else { "" }
+            );
+        }
+        Event::BargeIn { turn } => info!("agent turn {}: caller barged in", turn.0),
+        Event::Breaker { stage, state } => warn!("agent {stage:?} breaker {state:?}"),
+        Event::FallbackReply { turn } => info!("agent turn {}: built-in responder", turn.0),
+        Event::Dtmf(digit) => info!("agent: DTMF {digit}"),
+        Event::EmptyTranscript { turn } => info!("agent turn {}: nothing heard", turn.0),
+        Event::StateChanged(state) => debug!("agent {state:?}"),
+    }
+}
+
+/// Which clips are in the media session's playback queue, in order, and how much of
+/// each is left; progress is worked out from how much the queue has drained.
+#[derive(Debug, Default)]
+struct Playback {
+    clips: VecDeque<QueuedClip>,
+}
+
+#[derive(Debug)]
+struct QueuedClip {
+    id: ClipId,
+    total: Duration,
+    left: Duration,
+}
+
+impl Playback {
+    fn push(&mut self, id: ClipId, total: Duration) {
+        self.clips.push_back(QueuedClip {
+            id,
+            total,
+            left: total,
+        });
+    }
+
+    fn flush(&mut self) {
+        self.clips.clear();
+    }
+
+    /// Progress of every clip that advanced, given what is still queued.
+    fn progress(&mut self, queued: Duration) -> Vec<PlaybackProgress> {
+        let left: Duration = self.clips.iter().map(|c| c.left).sum();
+        let mut drained = left.saturating_sub(queued);
+        let mut out = Vec::new();
+        while let Some(clip) = self.clips.front_mut() {
+            let step = drained.min(clip.left);
+            if step.is_zero() && !clip.left.is_zero() {
+                break;
+            }
+            drained -= step;
+            clip.left -= step;
+            out.push(PlaybackProgress {
+                clip: clip.id,
+                played: clip.total - clip.left,
+                total: clip.total,
+            });
+            if clip.left.is_zero() {
+                self.clips.pop_front();
+            } else {
+                break;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn playback_progress_follows_the_draining_queue_clip_by_clip() {
+        let mut p = Playback::default();
+        p.push(ClipId(1), MS(100));
+        p.push(ClipId(2), MS(60));
+        assert!(p.progress(MS(160)).is_empty());
+        let step = p.progress(MS(120));
+        assert_eq!(step.len(), 1);
+        assert_eq!((step[0].clip, step[0].played), (ClipId(1), MS(40)));
+        // Across the boundary: clip 1 finishes, clip 2 has played 20 ms.
+        let step = p.progress(MS(40));
+        assert_eq!(step.len(), 2);
+        assert_eq!(
+            (step[0].clip, step[0].played, step[0].total),
+            (ClipId(1), MS(100), MS(100))
+        );
+        assert_eq!((step[1].clip, step[1].played), (ClipId(2), MS(20)));
+        let step = p.progress(Duration::ZERO);
+        assert_eq!((step[0].clip, step[0].played), (ClipId(2), MS(60)));
+        assert!(p.progress(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn empty_clips_finish_at_once_and_flush_forgets_everything() {
+        let mut p = Playback::default();
+        p.push(ClipId(1), Duration::ZERO);
+        let step = p.progress(Duration::ZERO);
+        assert_eq!(step.len(), 1);
+        assert_eq!(step[0].played, step[0].total);
+        p.push(ClipId(2), MS(100));
+        p.flush();
+        assert!(p.progress(Duration::ZERO).is_empty());
+    }
+}

@@ -1,0 +1,203 @@
+//! Carries out a `Conversation`'s actions with the real stages, for the per-call tokio
+//! task: inference goes to the bounded worker pools, the language model streams in a
+//! tokio task, memory writes happen in the background, and results come back as
+//! [`StageResult`]s on the call's channel. What concerns the media path (play, flush,
+//! hang up) is handed back as a [`MediaCommand`].
+//!
+//! The call task owns the `Conversation`; nothing here holds it.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sofia_voice::{
+    Action, Audio, ClipId, Conversation, HangUpReason, ReplyChunk, StageError, Stt, Transcript,
+    Tts, TurnId,
+};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
+
+use crate::voice::{LanceMemory, OpenAiLlm, PromptCache, WorkerPool};
+
+/// A stage's answer, to be fed back into the call's `Conversation`.
+#[derive(Debug)]
+pub enum StageResult {
+    Transcript {
+        turn: TurnId,
+        result: Result<Transcript, StageError>,
+    },
+    Reply {
+        turn: TurnId,
+        chunk: ReplyChunk,
+    },
+    Audio {
+        clip: ClipId,
+        result: Result<Audio, StageError>,
+    },
+}
+
+impl StageResult {
+    pub fn apply(self, conversation: &mut Conversation, now: Instant) {
+        match self {
+            StageResult::Transcript { turn, result } => {
+                conversation.handle_transcript(now, turn, result)
+            }
+            StageResult::Reply { turn, chunk } => conversation.handle_reply_text(now, turn, chunk),
+            StageResult::Audio { clip, result } => conversation.handle_tts_audio(now, clip, result),
+        }
+    }
+}
+
+/// What the media side of the call must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaCommand {
+    /// Queue this audio (at its own rate: resample and encode for the call's codec) and
+    /// report progress for `clip`. Empty audio: report it finished at once.
+    Play {
+        clip: ClipId,
+        audio: Audio,
+    },
+    /// Drop everything queued, now.
+    Flush,
+    HangUp(HangUpReason),
+}
+
+/// The loaded stages, shared by every call.
+pub struct Stages {
+    pub stt: Arc<dyn Stt>,
+    pub tts: Arc<dyn Tts>,
+    pub llm: Option<Arc<OpenAiLlm>>,
+    pub memory: Arc<LanceMemory>,
+    pub prompts: Arc<PromptCache>,
+    pub stt_pool: Arc<WorkerPool>,
+    pub tts_pool: Arc<WorkerPool>,
+}
+
+/// Per-call bookkeeping for work that can be stopped.
+#[derive(Default)]
+pub struct InFlight {
+    generations: HashMap<TurnId, AbortHandle>,
+}
+
+impl Stages {
+    /// Starts `action`. Must be called inside a tokio runtime. Results go to `results`
+    /// (unbounded, but bounded in practice: the controller has at most a few requests
+    /// outstanding per call).
+    pub fn dispatch(
+        &self,
+        action: Action,
+        results: &UnboundedSender<StageResult>,
+        in_flight: &mut InFlight,
+    ) -> Option<MediaCommand> {
+        match action {
+            Action::Transcribe {
+                turn,
+                audio,
+                speech,
+            } => {
+                let stt = Arc::clone(&self.stt);
+                let job = self
+                    .stt_pool
+                    .try_run(move || stt.transcribe(&audio, speech));
+                let tx = results.clone();
+                match job {
+                    Ok(rx) => {
+                        tokio::spawn(async move {
+                            let result = rx.await.unwrap_or_else(|_| {
+                                Err(StageError::Inference(
+                                    "the transcription job panicked".into(),
+                                ))
+                            });
+                            let _ = tx.send(StageResult::Transcript { turn, result });
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send(StageResult::Transcript {
+                            turn,
+                            result: Err(e),
+                        });
+                    }
+                }
+                None
+            }
+            Action::Generate { turn, request } => {
+                let tx = results.clone();
+                let Some(llm) = self.llm.clone() else {
+                    // The controller only asks when configured to; answer as a failure so
+                    // the built-in responder takes over.
+                    let failed = StageError::Unreachable("no language model configured".into());
+                    let _ = tx.send(StageResult::Reply {
+                        turn,
+                        chunk: ReplyChunk::Failed(failed),
+                    });
+                    return None;
+                };
+                let task = tokio::spawn(async move {
+                    let text_tx = tx.clone();
+                    let mut on_text = move |t: &str| {
+                        let chunk = ReplyChunk::Text(t.to_string());
+                        match text_tx.send(StageResult::Reply { turn, chunk }) {
+                            Ok(()) => ControlFlow::Continue(()),
+                            Err(_) => ControlFlow::Break(()), // the call is gone
+                        }
+                    };
+                    let chunk = match llm.stream(&request, &mut on_text).await {
+                        Ok(()) => ReplyChunk::End,
+                        Err(e) => ReplyChunk::Failed(e),
+                    };
+                    let _ = tx.send(StageResult::Reply { turn, chunk });
+                });
+                in_flight.generations.insert(turn, task.abort_handle());
+                None
+            }
+            Action::CancelGenerate { turn } | Action::Cancel { turn } => {
+                if let Some(task) = in_flight.generations.remove(&turn) {
+                    task.abort();
+                }
+                // Pool jobs run to completion; their results are ignored by the controller.
+                None
+            }
+            Action::Synthesize { clip, text } => {
+                let tts = Arc::clone(&self.tts);
+                let tx = results.clone();
+                match self.tts_pool.try_run(move || tts.synthesize(&text)) {
+                    Ok(rx) => {
+                        tokio::spawn(async move {
+                            let result = rx.await.unwrap_or_else(|_| {
+                                Err(StageError::Inference("the synthesis job panicked".into()))
+                            });
+                            let _ = tx.send(StageResult::Audio { clip, result });
+                        });
+                    }
+                    Err(e) => {
+                        let _ = tx.send(StageResult::Audio {
+                            clip,
+                            result: Err(e),
+                        });
+                    }
+                }
+                None
+            }
+            Action::Play { clip, audio } => Some(MediaCommand::Play { clip, audio }),
+            Action::PlayPrompt { clip, prompt } => {
+                let audio = self.prompts.get(prompt).cloned().unwrap_or(Audio {
+                    samples: Vec::new(),
+                    sample_rate: 8_000,
+                });
+                Some(MediaCommand::Play { clip, audio })
+            }
+            Action::FlushPlayback => Some(MediaCommand::Flush),
+            Action::Remember(turn) => {
+                let memory = Arc::clone(&self.memory);
+                tokio::spawn(async move {
+                    if let Err(e) = memory.remember_async(&turn).await {
+                        tracing::warn!(error = %e, "could not store a turn in memory");
+                    }
+                });
+                None
+            }
+            Action::HangUp { reason } => Some(MediaCommand::HangUp(reason)),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The voice agent end to end with a real softphone: baresip (Debian package) registers
+//! as 1000, dials 5555 and speaks (its microphone is a WAV of espeak-ng speech); it
+//! records what it hears. Real Silero VAD, Whisper, built-in responder, Piper and LanceDB
+//! on disk. The test listens to the recording with Whisper. Then the switch restarts and
+//! 1000 calls again: the greeting names what was said in the first call.
+
+mod common;
+mod voice_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{free_port, Server};
+use sofia_phone::voice::{VoiceModels, WhisperConfig, WhisperStt};
+use sofia_voice::{SpeechStats, Stt};
+use voice_support::audio::{espeak, models_dir, read_wav, resample, silence, RATE};
+
+const PASSWORD: &str = "agent-secret";
+const PHONE_RATE: u32 = 8_000;
+
+/// A 16-bit mono WAV at `rate`.
+fn write_wav(path: &Path, rate: u32, samples: &[f32]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        let v = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn start_server(data: &Path, port: u16) -> Server {
+    let models = models_dir();
+    let server = Server::start_with(
+        data,
+        port,
+        Some(&format!("1000:{PASSWORD}")),
+        Path::new("sip-profiles/default.toml"),
+        &[("SOFIA_MODELS_DIR", models.to_str().unwrap())],
+    );
+    server.wait_for("voice agent ready");
+    server
+}
+
+/// One baresip call from 1000 to 5555 whose microphone plays `mic` (16 kHz samples);
+/// baresip hangs up when the WAV ends. Returns what it heard, at 16 kHz.
+fn call_agent(sip_port: u16, mic: &[f32]) -> Vec<f32> {
+    let phone = tempfile::tempdir().unwrap();
+    let wav = phone.path().join("mic.wav");
+    write_wav(&wav, PHONE_RATE, &resample(mic, RATE, PHONE_RATE));
+    let records = phone.path().join("records");
+    std::fs::create_dir_all(&records).unwrap();
+    let local = free_port();
+    std::fs::write(
+        phone.path().join("config"),
+        format!(
+            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{local}\nnet_interface 127.0.0.1\n\
+             audio_source aufile,{}\naudio_player aubridge,nil\n\
+             ausrc_srate {PHONE_RATE}\nauplay_srate {PHONE_RATE}\nausrc_channels 1\nauplay_channels 1\n\
+             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
+             module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n\
+             snd_path {}\n",
+            wav.display(),
+            records.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        phone.path().join("accounts"),
+        format!(
+            "<sip:1000@127.0.0.1:{sip_port};transport=udp>;auth_pass={PASSWORD};regint=60;\
+             audio_codecs=PCMU;answermode=auto\n"
+        ),
+    )
+    .unwrap();
+    let seconds = mic.len() as u32 / RATE + 15;
+    let out = Command::new("baresip")
+        .arg("-f")
+        .arg(phone.path())
+        .args([
+            "-e",
+            &format!("/dial sip:5555@127.0.0.1:{sip_port}"),
+            "-t",
+            &seconds.to_string(),
+        ])
+        .output()
+        .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Call established"), "no call:\n{log}");
+    let dec = std::fs::read_dir(&records)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip recorded nothing it heard:\n{log}"));
+    let (samples, rate) = read_wav(&std::fs::read(dec).unwrap());
+    resample(&samples, rate, RATE)
+}
+
+/// What Whisper hears in `audio` (16 kHz), lower-cased.
+fn transcribe(stt: &WhisperStt, audio: &[f32]) -> String {
+    let total = std::time::Duration::from_secs_f64(audio.len() as f64 / f64::from(RATE));
+    let heard = stt
+        .transcribe(
+            audio,
+            SpeechStats {
+                voiced: total,
+                total,
+            },
+        )
+        .expect("transcribe");
+    heard.text.to_lowercase()
+}
+
+#[test]
+fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
+    let models = VoiceModels::under(&models_dir());
+    models.require_all().unwrap_or_else(|e| panic!("{e}"));
+    let stt = WhisperStt::load(&models.whisper, WhisperConfig::default()).expect("whisper");
+    let data = tempfile::tempdir().unwrap();
+    let words = tempfile::tempdir().unwrap();
+    let port = free_port();
+
+    // First call: listen to the greeting, say something, hear it answered.
+    let server = start_server(data.path(), port);
+    let mic = [
+        silence(3.0),
+        espeak("I am planning a trip to Paris next month.", words.path()),
+        silence(7.0),
+    ]
+    .concat();
+    let heard = call_agent(port, &mic);
+    let greeting = transcribe(&stt, &heard[..(4 * RATE) as usize]);
+    eprintln!("first call, greeting heard: {greeting:?}");
+    assert!(
+        greeting.contains("how can i help"),
+        "the new-caller greeting was not heard: {greeting:?}"
+    );
+    let reply = transcribe(&stt, &heard[(5 * RATE) as usize..]);
+    eprintln!("first call, reply heard: {reply:?}");
+    assert!(
+        reply.contains("paris"),
+        "the reply does not take up what the caller said: {reply:?}"
+    );
+    let log = server.wait_for("call to 5555 over").join("\n");
+    assert!(log.contains("agent turn 1"), "no turn was logged:\n{log}");
+    assert_eq!(server.terminate().code(), Some(0));
+
+    // The switch restarts; the caller calls again and is greeted with what they said.
+    let server = start_server(data.path(), port);
+    let heard = call_agent(port, &silence(9.0));
+    let greeting = transcribe(&stt, &heard);
+    eprintln!("second call, greeting heard: {greeting:?}");
+    assert!(
+        greeting.contains("welcome back"),
+        "a returning caller was greeted as new: {greeting:?}"
+    );
+    assert!(
+        greeting.contains("paris"),
+        "the greeting does not say what was remembered: {greeting:?}"
+    );
+    server.terminate();
+}
