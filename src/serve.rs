@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
 use crate::agent::AgentSlot;
+use crate::calls::Lifecycle;
 use crate::config::{Application, Profile, Transport};
 use crate::credentials;
 use crate::media::PortPool;
@@ -104,7 +105,7 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     }
     // Signal handlers go in before the sockets are bound and "listening" is logged: a
     // SIGTERM that arrives right after that line must stop us cleanly, not kill us.
-    let shutdown = ShutdownSignal::install()?;
+    let mut shutdown = ShutdownSignal::install()?;
     let listeners = bind(&profile).await?;
     let metrics = Arc::new(Metrics::new());
     let has_agent = profile
@@ -178,17 +179,37 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         agent,
         metrics,
     };
-    let calls = tokio::spawn(calls::run(layer, notices));
+    let (lifecycle, lifecycle_rx) = tokio::sync::watch::channel(Lifecycle::Running);
+    let mut calls = tokio::spawn(calls::run(layer, notices, lifecycle_rx));
     info!(
         "rtp ports {} ({} calls)",
         profile.rtp.ports,
         profile.rtp.ports.call_capacity()
     );
     shutdown.recv().await;
-    info!("shutting down");
+    // Drain: no new calls, and the ones in progress get `drain_secs` to end by
+    // themselves; then (or on a second signal) we hang up on the rest, and the endpoint
+    // runs until their BYEs are out.
+    let drain = Duration::from_secs(profile.calls.drain_secs.into());
+    info!("shutting down: new calls get 503; calls in progress have {drain:?} to end");
+    let _ = lifecycle.send(Lifecycle::Draining);
+    let drained = tokio::select! {
+        _ = &mut calls => true,
+        _ = tokio::time::sleep(drain) => false,
+        _ = shutdown.recv() => false,
+    };
+    if !drained {
+        info!("hanging up on the calls still in progress");
+        let _ = lifecycle.send(Lifecycle::HangUp);
+        if tokio::time::timeout(Duration::from_secs(5), &mut calls)
+            .await
+            .is_err()
+        {
+            calls.abort();
+        }
+    }
     handle.shutdown().await;
     let _ = endpoint_task.await;
-    calls.abort();
     let _ = http_stop.send(());
     let _ = http_task.await;
     Ok(())
@@ -262,7 +283,7 @@ impl ShutdownSignal {
         })
     }
 
-    async fn recv(mut self) {
+    async fn recv(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}

@@ -16,6 +16,10 @@ use sofia_voice::{SpeechStats, Stt};
 use voice_support::audio::{espeak, models_dir, read_wav, resample, silence, RATE};
 
 const PASSWORD: &str = "agent-secret";
+
+/// The tests here time what a caller hears; two agents transcribing and synthesizing at
+/// once on two cores would measure each other.
+static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const PHONE_RATE: u32 = 8_000;
 
 /// A 16-bit mono WAV at `rate`.
@@ -126,6 +130,7 @@ fn transcribe(stt: &WhisperStt, audio: &[f32]) -> String {
 
 #[test]
 fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
+    let _one_at_a_time = ONE_CALL_AT_A_TIME.lock();
     let models = VoiceModels::under(&models_dir());
     models.require_all().unwrap_or_else(|e| panic!("{e}"));
     let stt = WhisperStt::load(&models.whisper, WhisperConfig::default()).expect("whisper");
@@ -172,4 +177,94 @@ fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
         "the greeting does not say what was remembered: {greeting:?}"
     );
     server.terminate();
+}
+
+/// Start times (seconds) of stretches of `audio` (16 kHz) louder than -40 dBFS in 20 ms
+/// frames, as (start, end) with gaps shorter than `max_gap` bridged.
+fn voiced_spans(audio: &[f32], max_gap: f32) -> Vec<(f32, f32)> {
+    let frame = (RATE / 50) as usize;
+    let mut spans: Vec<(f32, f32)> = Vec::new();
+    for (i, chunk) in audio.chunks(frame).enumerate() {
+        let rms = (chunk.iter().map(|x| x * x).sum::<f32>() / chunk.len() as f32).sqrt();
+        if rms < 0.01 {
+            continue;
+        }
+        let (start, end) = (i as f32 * 0.02, (i + 1) as f32 * 0.02);
+        match spans.last_mut() {
+            Some(last) if start - last.1 <= max_gap => last.1 = end,
+            _ => spans.push((start, end)),
+        }
+    }
+    spans
+}
+
+#[test]
+fn talking_over_the_reply_stops_it_and_only_what_was_played_is_remembered() {
+    let _one_at_a_time = ONE_CALL_AT_A_TIME.lock();
+    let data = tempfile::tempdir().unwrap();
+    let words = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start_server(data.path(), port);
+    let said = espeak(
+        "I need help planning a long trip to Paris with my whole family next month.",
+        words.path(),
+    );
+    let interruption = espeak("Wait, stop, stop please.", words.path());
+    // The reply to `said` starts about a second after it ends and its first sentence
+    // alone runs for about five seconds; the caller talks over it 3 s after it ends.
+    let lead = 3.0;
+    let said_end = lead + said.len() as f32 / RATE as f32;
+    let barge_at = said_end + 3.0;
+    let mic = [
+        silence(lead),
+        said,
+        silence(3.0),
+        interruption,
+        silence(6.0),
+    ]
+    .concat();
+    let heard = call_agent(port, &mic);
+    let log = server.wait_for("call to 5555 over").join("\n");
+    server.terminate();
+
+    let spans = voiced_spans(&heard, 0.5);
+    eprintln!("agent audio heard (s): {spans:?}; caller talked over it at {barge_at:.2}");
+    // The reply: the first stretch of agent audio that starts after the caller's words.
+    let reply = spans
+        .iter()
+        .find(|(start, _)| *start > said_end)
+        .unwrap_or_else(|| panic!("no reply heard: {spans:?}\n{log}"));
+    assert!(
+        reply.0 < barge_at,
+        "the reply had not started when the caller talked over it: {reply:?}"
+    );
+    let stopped_after = reply.1 - barge_at;
+    eprintln!("the reply stopped {stopped_after:.2} s after the caller started talking");
+    assert!(
+        (0.0..1.0).contains(&stopped_after),
+        "the reply did not stop within a second of the caller talking over it: {reply:?}\n{log}"
+    );
+    assert!(log.contains("caller barged in"), "{log}");
+
+    // Memory and the transcript hold what was played, not the whole reply (which ends
+    // by asking the caller's name).
+    let transcripts = data.path().join("transcripts");
+    let transcript = std::fs::read_dir(&transcripts)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    eprintln!("transcript:\n{transcript}");
+    let lines: Vec<&str> = transcript.lines().collect();
+    let asked = lines
+        .iter()
+        .position(|l| l.contains("caller:") && l.to_lowercase().contains("paris"))
+        .unwrap_or_else(|| panic!("the caller's words are not in the transcript:\n{transcript}"));
+    let reply_line = lines[asked + 1..]
+        .iter()
+        .find(|l| l.contains("agent:"))
+        .unwrap_or_else(|| panic!("the interrupted reply is not in the transcript:\n{transcript}"));
+    assert!(
+        !reply_line.contains("your name"),
+        "the transcript holds words the caller never heard: {reply_line}"
+    );
 }

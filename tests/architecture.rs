@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const CORES: &[&str] = &["sofia-sip", "sofia-media"];
+const CORES: &[&str] = &["sofia-sip", "sofia-media", "sofia-voice"];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "whisper-rs",

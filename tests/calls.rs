@@ -251,3 +251,80 @@ fn call_beyond_the_rtp_range_gets_503_and_the_first_call_goes_on() {
     assert_sipp_ok(&first.join().unwrap(), "first call, undisturbed");
     server.terminate();
 }
+
+#[test]
+fn sigterm_lets_the_call_in_progress_finish_refuses_new_calls_then_exits() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let server = start(data.path(), sip_port, rtp);
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone_port = phone.local_addr().unwrap().port().to_string();
+    let first = std::thread::spawn(move || {
+        sipp(
+            "call.xml",
+            sip_port,
+            &call_args("9196", &phone_port, &["-d", "4000"]),
+        )
+    });
+    server.wait_for("call to 9196 (echo) from 1000 answered");
+    server.signal_term();
+    server.wait_for("shutting down: new calls get 503");
+    let out = sipp(
+        "rejected_503.xml",
+        sip_port,
+        &call_args(
+            "9196",
+            "40000",
+            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
+        ),
+    );
+    assert_sipp_ok(&out, "a new call while draining");
+    // The call in progress was not cut: SIPp's BYE after 4 s got its 200.
+    assert_sipp_ok(&first.join().unwrap(), "the call in progress at SIGTERM");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the switch exits once its last call ended");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sigterm_hangs_up_calls_still_in_progress_after_the_drain_time() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let range = format!("{rtp}-{}", rtp + 1);
+    let server = Server::start_with(
+        data.path(),
+        sip_port,
+        Some(USERS),
+        Path::new("tests/profiles/drain.toml"),
+        &[("SOFIA_RTP_PORTS", &range)],
+    );
+    server.wait_for("listening for SIP on tcp");
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone_port = phone.local_addr().unwrap().port().to_string();
+    // A call that would last 20 s.
+    let call = std::thread::spawn(move || {
+        sipp(
+            "call.xml",
+            sip_port,
+            &call_args("9196", &phone_port, &["-d", "20000"]),
+        )
+    });
+    server.wait_for("call to 9196 (echo) from 1000 answered");
+    let signalled = Instant::now();
+    server.signal_term();
+    server.wait_for("hanging up on the calls still in progress");
+    server.wait_for("call to 9196 over");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("the switch exits after hanging up");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "took {:?} to stop",
+        signalled.elapsed()
+    );
+    // SIPp got a BYE it did not expect in the middle of its pause: its run fails, which
+    // is the proof that the switch hung up rather than waiting for it.
+    assert!(!call.join().unwrap().status.success());
+}

@@ -47,11 +47,15 @@ grep -q '^models    /opt/sofia-phone/models$' <<<"$out" || fail "models dir is n
 uid=$(podman run --rm --entrypoint id "$image" -u)
 [[ $uid != 0 ]] || fail "the image runs as root"
 
-# serve: bind SIP on a free loopback port, then stop with SIGTERM.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# serve: bind SIP on a free loopback port, load the voice agent from the image's models,
+# answer /health, then stop with SIGTERM.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+http_port=$(free_port)
 name=sofia-phone-test-$$
 podman run -d --name "$name" --network host -e SOFIA_SIP_LISTEN=127.0.0.1 \
-  -e SOFIA_SIP_PORT="$port" -e SOFIA_USERS=1000:container-secret "$image" >/dev/null
+  -e SOFIA_SIP_PORT="$port" -e SOFIA_HTTP_ADDR="127.0.0.1:$http_port" \
+  -e SOFIA_USERS=1000:container-secret "$image" >/dev/null
 cleanup() { podman rm -f "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 # (Logs are read into a variable: `grep -q` closing a pipe early fails under pipefail.)
@@ -63,7 +67,19 @@ for _ in $(seq 1 100); do
 done
 logs=$(podman logs "$name" 2>&1)
 grep -q "listening for SIP on udp 127.0.0.1:$port" <<<"$logs" || fail "serve did not bind SIP: $logs"
+# The agent loads Whisper, Piper (with espeak-ng's data) and Silero, and synthesizes its
+# prompts: proof that the image carries everything the voice pipeline needs.
+for _ in $(seq 1 300); do
+  logs=$(podman logs "$name" 2>&1)
+  grep -q "voice agent ready\|voice agent unavailable" <<<"$logs" && break
+  sleep 0.2
+done
+grep -q "voice agent ready" <<<"$logs" || fail "the voice agent did not load: $logs"
+health=$(curl -sf "http://127.0.0.1:$http_port/health") || fail "no /health on $http_port"
+grep -q '"state":"ready"' <<<"$health" || fail "/health does not show the agent ready: $health"
+metrics=$(curl -sf "http://127.0.0.1:$http_port/metrics") || fail "no /metrics on $http_port"
+grep -q '^sofia_registrations ' <<<"$metrics" || fail "/metrics has no sofia_registrations: $metrics"
 podman stop -t 10 "$name" >/dev/null
 code=$(podman inspect "$name" --format '{{.State.ExitCode}}')
 [[ $code == 0 ]] || fail "serve exited $code on SIGTERM"
-echo "container: check-config and serve ok (uid $uid)"
+echo "container: check-config, serve, voice agent, /health and /metrics ok (uid $uid)"

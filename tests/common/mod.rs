@@ -63,6 +63,8 @@ impl Server {
             .arg("--config")
             .arg(profile)
             .env("SOFIA_MODELS_DIR", data_dir.join("no-models"))
+            // Each server gets its own health/metrics port (the log line names it).
+            .env("SOFIA_HTTP_ADDR", "127.0.0.1:0")
             .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(data_dir)
@@ -104,6 +106,24 @@ impl Server {
                 Err(_) => panic!("no line containing {needle:?}; got {seen:#?}"),
             }
         }
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait_exit(mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn terminate(mut self) -> std::process::ExitStatus {
