@@ -8,12 +8,12 @@ mod common;
 mod voice_support;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::baresip::{Baresip, Options};
 use common::{free_port, Server};
 use sofia_phone::voice::{VoiceModels, WhisperConfig, WhisperStt};
 use sofia_voice::{SpeechStats, Stt};
-use voice_support::audio::{espeak, models_dir, read_wav, resample, silence, RATE};
+use voice_support::audio::{espeak, models_dir, read_wav, resample, silence, write_wav, RATE};
 
 const PASSWORD: &str = "agent-secret";
 
@@ -21,29 +21,6 @@ const PASSWORD: &str = "agent-secret";
 /// once on two cores would measure each other.
 static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const PHONE_RATE: u32 = 8_000;
-
-/// A 16-bit mono WAV at `rate`.
-fn write_wav(path: &Path, rate: u32, samples: &[f32]) {
-    let data_len = (samples.len() * 2) as u32;
-    let mut bytes = Vec::with_capacity(44 + data_len as usize);
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
-    bytes.extend_from_slice(&rate.to_le_bytes());
-    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
-    bytes.extend_from_slice(&2u16.to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        let v = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
-}
 
 fn start_server(data: &Path, port: u16) -> Server {
     let models = models_dir();
@@ -61,55 +38,22 @@ fn start_server(data: &Path, port: u16) -> Server {
 /// One baresip call from 1000 to 5555 whose microphone plays `mic` (16 kHz samples);
 /// baresip hangs up when the WAV ends. Returns what it heard, at 16 kHz.
 fn call_agent(sip_port: u16, mic: &[f32]) -> Vec<f32> {
-    let phone = tempfile::tempdir().unwrap();
-    let wav = phone.path().join("mic.wav");
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("mic.wav");
     write_wav(&wav, PHONE_RATE, &resample(mic, RATE, PHONE_RATE));
-    let records = phone.path().join("records");
-    std::fs::create_dir_all(&records).unwrap();
-    let local = free_port();
-    std::fs::write(
-        phone.path().join("config"),
-        format!(
-            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{local}\nnet_interface 127.0.0.1\n\
-             audio_source aufile,{}\naudio_player aubridge,nil\n\
-             ausrc_srate {PHONE_RATE}\nauplay_srate {PHONE_RATE}\nausrc_channels 1\nauplay_channels 1\n\
-             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-             module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n\
-             snd_path {}\n",
-            wav.display(),
-            records.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        phone.path().join("accounts"),
-        format!(
-            "<sip:1000@127.0.0.1:{sip_port};transport=udp>;auth_pass={PASSWORD};regint=60;\
-             audio_codecs=PCMU;answermode=auto\n"
-        ),
-    )
-    .unwrap();
-    let seconds = mic.len() as u32 / RATE + 15;
-    let out = Command::new("baresip")
-        .arg("-f")
-        .arg(phone.path())
-        .args([
-            "-e",
-            &format!("/dial sip:5555@127.0.0.1:{sip_port}"),
-            "-t",
-            &seconds.to_string(),
-        ])
-        .output()
-        .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
-    let log =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("Call established"), "no call:\n{log}");
-    let dec = std::fs::read_dir(&records)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip recorded nothing it heard:\n{log}"));
-    let (samples, rate) = read_wav(&std::fs::read(dec).unwrap());
+    let phone = Baresip::new(
+        sip_port,
+        &wav,
+        Options {
+            password: PASSWORD,
+            codec: "PCMU",
+            rate: PHONE_RATE,
+            record: true,
+            console: false,
+        },
+    );
+    let log = phone.call("5555", mic.len() as u32 / RATE + 15);
+    let (samples, rate) = read_wav(&std::fs::read(phone.heard(&log)).unwrap());
     resample(&samples, rate, RATE)
 }
 

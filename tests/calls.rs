@@ -7,31 +7,10 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{assert_sipp_ok, free_port, sipp, tone_share, Server};
+use common::{assert_sipp_ok, call_args, free_port, sipp, tone_share, Server};
 use sofia_media::g711;
 
-const USERS: &str = "1000:secret-1000";
-
-/// SIPp arguments for a call from user 1000 (digest credentials) to `extension`, whose
-/// offer names `rtp_port`, plus `extra`.
-fn call_args<'a>(extension: &'a str, rtp_port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "-s",
-        extension,
-        "-au",
-        "1000",
-        "-ap",
-        "secret-1000",
-        "-key",
-        "caller",
-        "1000",
-        "-key",
-        "rtp_port",
-        rtp_port,
-    ];
-    args.extend_from_slice(extra);
-    args
-}
+use common::USERS;
 
 /// An even port P such that P and P+1 are free: the switch's whole RTP range, so each
 /// call gets P and a second call can only start if the first freed it.
@@ -222,23 +201,27 @@ fn cancel_while_ringing_gets_487_and_frees_the_ports() {
     server.terminate();
 }
 
-#[test]
-fn call_beyond_the_rtp_range_gets_503_and_the_first_call_goes_on() {
-    let data = tempfile::tempdir().unwrap();
-    let (sip_port, rtp) = (free_port(), free_rtp_pair());
-    // One RTP pair: the first call takes it, the second finds none.
-    let server = start(data.path(), sip_port, rtp);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let phone_port = phone.local_addr().unwrap().port().to_string();
-    let first = std::thread::spawn(move || {
+/// SIPp's call (from 1000, with digest) to the echo extension lasting `millis`, in a
+/// thread; its offer names a port the test holds but does not read.
+fn echo_call_in_background(
+    sip_port: u16,
+    millis: u32,
+) -> std::thread::JoinHandle<std::process::Output> {
+    std::thread::spawn(move || {
+        let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let phone_port = phone.local_addr().unwrap().port().to_string();
+        let pause = millis.to_string();
         sipp(
             "call.xml",
             sip_port,
-            &call_args("9196", &phone_port, &["-d", "3000"]),
+            &call_args("9196", &phone_port, &["-d", &pause]),
         )
-    });
-    server.wait_for("call to 9196 (echo) from 1000 answered");
-    let out = sipp(
+    })
+}
+
+/// A call to the echo extension that must be answered 503.
+fn call_expecting_503(sip_port: u16) -> std::process::Output {
+    sipp(
         "rejected_503.xml",
         sip_port,
         &call_args(
@@ -246,7 +229,18 @@ fn call_beyond_the_rtp_range_gets_503_and_the_first_call_goes_on() {
             "40000",
             &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
         ),
-    );
+    )
+}
+
+#[test]
+fn call_beyond_the_rtp_range_gets_503_and_the_first_call_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    // One RTP pair: the first call takes it, the second finds none.
+    let server = start(data.path(), sip_port, rtp);
+    let first = echo_call_in_background(sip_port, 3000);
+    server.wait_for("call to 9196 (echo) from 1000 answered");
+    let out = call_expecting_503(sip_port);
     assert_sipp_ok(&out, "second call while the only pair is in use");
     assert_sipp_ok(&first.join().unwrap(), "first call, undisturbed");
     server.terminate();
@@ -257,27 +251,11 @@ fn sigterm_lets_the_call_in_progress_finish_refuses_new_calls_then_exits() {
     let data = tempfile::tempdir().unwrap();
     let (sip_port, rtp) = (free_port(), free_rtp_pair());
     let server = start(data.path(), sip_port, rtp);
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let phone_port = phone.local_addr().unwrap().port().to_string();
-    let first = std::thread::spawn(move || {
-        sipp(
-            "call.xml",
-            sip_port,
-            &call_args("9196", &phone_port, &["-d", "4000"]),
-        )
-    });
+    let first = echo_call_in_background(sip_port, 4000);
     server.wait_for("call to 9196 (echo) from 1000 answered");
     server.signal_term();
     server.wait_for("shutting down: new calls get 503");
-    let out = sipp(
-        "rejected_503.xml",
-        sip_port,
-        &call_args(
-            "9196",
-            "40000",
-            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
-        ),
-    );
+    let out = call_expecting_503(sip_port);
     assert_sipp_ok(&out, "a new call while draining");
     // The call in progress was not cut: SIPp's BYE after 4 s got its 200.
     assert_sipp_ok(&first.join().unwrap(), "the call in progress at SIGTERM");
@@ -300,16 +278,8 @@ fn sigterm_hangs_up_calls_still_in_progress_after_the_drain_time() {
         &[("SOFIA_RTP_PORTS", &range)],
     );
     server.wait_for("listening for SIP on tcp");
-    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let phone_port = phone.local_addr().unwrap().port().to_string();
     // A call that would last 20 s.
-    let call = std::thread::spawn(move || {
-        sipp(
-            "call.xml",
-            sip_port,
-            &call_args("9196", &phone_port, &["-d", "20000"]),
-        )
-    });
+    let call = echo_call_in_background(sip_port, 20_000);
     server.wait_for("call to 9196 (echo) from 1000 answered");
     let signalled = Instant::now();
     server.signal_term();

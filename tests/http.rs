@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::{assert_sipp_ok, free_port, sipp, Server};
+use common::{assert_sipp_ok, call_args, free_port, sipp, Server, USERS};
 
 /// A plain HTTP/1.0 GET: (status code, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
@@ -30,7 +30,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 fn health_and_metrics_report_the_agent_and_the_calls() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = Server::start(data.path(), port, Some("1000:secret-1000"));
+    let server = Server::start(data.path(), port, Some(USERS));
     let lines = server.wait_for("health and metrics on http://");
     let addr = lines
         .last()
@@ -51,26 +51,11 @@ fn health_and_metrics_report_the_agent_and_the_calls() {
     let out = sipp(
         "rejected_404.xml",
         port,
-        &[
-            "-s",
+        &call_args(
             "4040",
-            "-au",
-            "1000",
-            "-ap",
-            "secret-1000",
-            "-key",
-            "caller",
-            "1000",
-            "-key",
-            "rtp_port",
             "40000",
-            "-key",
-            "payloads",
-            "0",
-            "-key",
-            "rtpmap",
-            "PCMU/8000",
-        ],
+            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
+        ),
     );
     assert_sipp_ok(&out, "a call to an unknown extension");
     let (status, metrics) = get(&addr, "/metrics");

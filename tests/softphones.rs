@@ -3,11 +3,14 @@
 //! microphone, records what it hears, and hangs up when the WAV ends.
 
 mod common;
+mod voice_support;
 
 use std::path::Path;
 use std::process::Command;
 
+use common::baresip::{Baresip, Options};
 use common::{free_port, tone_share, Server};
+use voice_support::audio::{read_wav, write_wav};
 
 const PASSWORD: &str = "baresip-secret";
 
@@ -15,123 +18,46 @@ const PASSWORD: &str = "baresip-secret";
 fn write_tone_wav(path: &Path, rate: u32, freq: f32, seconds: f32, silence: f32) {
     let tone = (rate as f32 * seconds) as usize;
     let total = tone + (rate as f32 * silence) as usize;
-    let samples: Vec<i16> = (0..total)
+    let samples: Vec<f32> = (0..total)
         .map(|i| {
             if i < tone {
-                ((2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 10000.0)
-                    as i16
+                (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3
             } else {
-                0
+                0.0
             }
         })
         .collect();
-    let data_len = (samples.len() * 2) as u32;
-    let mut bytes = Vec::with_capacity(44 + data_len as usize);
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
-    bytes.extend_from_slice(&rate.to_le_bytes());
-    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
-    bytes.extend_from_slice(&2u16.to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        bytes.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
-/// Reads a 16-bit PCM WAV: (sample rate, channels, samples as f32).
-fn read_wav(path: &Path) -> (u32, u16, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..4], b"RIFF", "{} is not a WAV", path.display());
-    let (mut rate, mut channels, mut bits) = (0u32, 0u16, 0u16);
-    let mut pos = 12;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
-        let body = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
-        if id == b"fmt " {
-            channels = u16::from_le_bytes([body[2], body[3]]);
-            rate = u32::from_le_bytes(body[4..8].try_into().unwrap());
-            bits = u16::from_le_bytes([body[14], body[15]]);
-        } else if id == b"data" {
-            assert_eq!(bits, 16, "{}: {bits}-bit samples", path.display());
-            let samples = body
-                .chunks_exact(2)
-                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
-                .collect();
-            return (rate, channels, samples);
-        }
-        pos += 8 + len + (len % 2);
-    }
-    panic!("{}: no data chunk", path.display());
+    write_wav(path, rate, &samples);
 }
 
 /// Runs baresip for one call to `extension` with the given codec, returns what it
 /// recorded hearing (mono, at its rate) and the server's log.
 fn baresip_echo_call(codec: &str, rate: u32, freq: f32) -> (u32, Vec<f32>) {
     let data = tempfile::tempdir().unwrap();
-    let phone = tempfile::tempdir().unwrap();
+    let mic_dir = tempfile::tempdir().unwrap();
     let sip_port = free_port();
     let server = Server::start(data.path(), sip_port, Some(&format!("1000:{PASSWORD}")));
     server.wait_for("listening for SIP on tcp");
 
-    let wav = phone.path().join("mic.wav");
+    let wav = mic_dir.path().join("mic.wav");
     // 3 s of tone, 2 s of silence: the call lasts as long as the WAV.
     write_tone_wav(&wav, rate, freq, 3.0, 2.0);
-    let records = phone.path().join("records");
-    std::fs::create_dir_all(&records).unwrap();
-    let local = free_port();
-    let module = if codec == "opus" {
-        "opus.so"
-    } else {
-        "g711.so"
-    };
-    std::fs::write(
-        phone.path().join("config"),
-        format!(
-            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{local}\nnet_interface 127.0.0.1\n\
-             audio_source aufile,{}\naudio_player aubridge,nil\n\
-             ausrc_srate {rate}\nauplay_srate {rate}\nausrc_channels 1\nauplay_channels 1\n\
-             module {module}\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-             module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n\
-             snd_path {}\n",
-            wav.display(),
-            records.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        phone.path().join("accounts"),
-        format!(
-            "<sip:1000@127.0.0.1:{sip_port};transport=udp>;auth_pass={PASSWORD};regint=60;\
-             audio_codecs={codec};answermode=auto\n"
-        ),
-    )
-    .unwrap();
-    let out = Command::new("baresip")
-        .arg("-f")
-        .arg(phone.path())
-        .args([
-            "-e",
-            &format!("/dial sip:9196@127.0.0.1:{sip_port}"),
-            "-t",
-            "12",
-        ])
-        .output()
-        .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
-    let log =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let baresip = Baresip::new(
+        sip_port,
+        &wav,
+        Options {
+            password: PASSWORD,
+            codec,
+            rate,
+            record: true,
+            console: false,
+        },
+    );
+    let log = baresip.call("9196", 12);
     assert!(
         log.contains("200 OK"),
         "baresip did not register/answer:\n{log}"
     );
-    assert!(log.contains("Call established"), "no call:\n{log}");
     let saved = std::fs::read_to_string(data.path().join("registrations.json")).unwrap_or_default();
     assert!(
         saved.contains("1000"),
@@ -141,16 +67,8 @@ fn baresip_echo_call(codec: &str, rate: u32, freq: f32) -> (u32, Vec<f32>) {
     server.wait_for("call to 9196 over");
     server.terminate();
 
-    let dec = std::fs::read_dir(&records)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip recorded nothing it heard:\n{log}"));
-    let (heard_rate, channels, samples) = read_wav(&dec);
-    let mono: Vec<f32> = samples
-        .chunks(channels.max(1) as usize)
-        .map(|c| c[0])
-        .collect();
+    let dec = baresip.heard(&log);
+    let (mono, heard_rate) = read_wav(&std::fs::read(&dec).unwrap());
     (heard_rate, mono)
 }
 
@@ -193,43 +111,26 @@ fn baresip_dtmf_arrives_as_the_right_digits() {
     use std::process::Stdio;
 
     let data = tempfile::tempdir().unwrap();
-    let phone = tempfile::tempdir().unwrap();
+    let mic_dir = tempfile::tempdir().unwrap();
     let sip_port = free_port();
     let server = Server::start(data.path(), sip_port, Some(&format!("1000:{PASSWORD}")));
     server.wait_for("listening for SIP on tcp");
-    let wav = phone.path().join("mic.wav");
+    let wav = mic_dir.path().join("mic.wav");
     write_tone_wav(&wav, 8000, 440.0, 0.5, 9.5);
-    let (local, console) = (free_port(), free_port());
-    std::fs::write(
-        phone.path().join("config"),
-        format!(
-            "module_path /usr/lib/baresip/modules\nsip_listen 127.0.0.1:{local}\nnet_interface 127.0.0.1\n\
-             audio_source aufile,{}\naudio_player aubridge,nil\n\
-             ausrc_srate 8000\nauplay_srate 8000\nausrc_channels 1\nauplay_channels 1\n\
-             module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule cons.so\n\
-             cons_listen 127.0.0.1:{console}\n\
-             module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\n",
-            wav.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        phone.path().join("accounts"),
-        format!(
-            "<sip:1000@127.0.0.1:{sip_port};transport=udp>;auth_pass={PASSWORD};regint=60;\
-             audio_codecs=PCMU;answermode=auto\n"
-        ),
-    )
-    .unwrap();
-    let mut baresip = Command::new("baresip")
-        .arg("-f")
-        .arg(phone.path())
-        .args([
-            "-e",
-            &format!("/dial sip:9196@127.0.0.1:{sip_port}"),
-            "-t",
-            "12",
-        ])
+    let phone = Baresip::new(
+        sip_port,
+        &wav,
+        Options {
+            password: PASSWORD,
+            codec: "PCMU",
+            rate: 8000,
+            record: false,
+            console: true,
+        },
+    );
+    let console = phone.console.unwrap();
+    let mut baresip = phone
+        .dial("9196", 12)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -346,11 +247,7 @@ fn linphone_registers_calls_echo_and_hears_itself() {
     server.wait_for("call to 9196 over");
     server.terminate();
 
-    let (rate, channels, samples) = read_wav(&heard);
-    let mono: Vec<f32> = samples
-        .chunks(channels.max(1) as usize)
-        .map(|c| c[0])
-        .collect();
+    let (mono, rate) = read_wav(&std::fs::read(&heard).unwrap());
     assert!(
         mono.len() > rate as usize,
         "linphone heard {} samples ({out})",

@@ -7,25 +7,18 @@
 //! program. Missing either
 //! is a failure, not a skip: this is the test that proves the speech stack works.
 
+mod voice_support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use sofia_phone::models::ct2_to_ggml;
+use voice_support::audio::{espeak, models_dir, silence, words, RATE as WHISPER_RATE};
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 const CT2_DIR: &str = "whisper-tiny.en-ct2";
 const SENTENCE: &str =
     "Hello, thank you for calling. Please leave your name and number after the tone.";
-const WHISPER_RATE: u32 = 16_000;
-
-/// The models dir exactly as `serve` and `models fetch` resolve it.
-fn models_dir() -> PathBuf {
-    use sofia_phone::config;
-    config::load(None, &config::ProcessEnv, &config::CliOverrides::default())
-        .expect("built-in profile loads")
-        .models_dir
-}
 
 /// The CTranslate2 model directory, or a one-line failure saying how to get it.
 fn ct2_model_dir() -> PathBuf {
@@ -41,104 +34,10 @@ fn ct2_model_dir() -> PathBuf {
     dir
 }
 
-/// Mono PCM samples and sample rate of a 16-bit PCM WAV file.
-fn read_wav(bytes: &[u8]) -> (Vec<f32>, u32) {
-    assert!(
-        bytes.len() >= 12 && &bytes[0..4] == b"RIFF" && &bytes[8..12] == b"WAVE",
-        "not a WAV file"
-    );
-    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
-    let u32_at =
-        |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
-    let (mut pos, mut format) = (12, None);
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        // espeak-ng writing to a pipe leaves the data size as 0xFFFFFFFF: clamp it.
-        let size = (u32_at(pos + 4) as usize).min(bytes.len() - pos - 8);
-        let body = pos + 8;
-        match id {
-            b"fmt " => {
-                format = Some((
-                    u16_at(body),
-                    u16_at(body + 2),
-                    u32_at(body + 4),
-                    u16_at(body + 14),
-                ))
-            }
-            b"data" => {
-                let (tag, channels, rate, bits) = format.expect("WAV data before fmt chunk");
-                assert_eq!((tag, bits), (1, 16), "expected 16-bit PCM");
-                let channels = usize::from(channels);
-                let samples = bytes[body..body + size]
-                    .chunks_exact(2 * channels)
-                    .map(|frame| {
-                        let sum: i32 = frame
-                            .chunks_exact(2)
-                            .map(|s| i32::from(i16::from_le_bytes([s[0], s[1]])))
-                            .sum();
-                        sum as f32 / (32768.0 * channels as f32)
-                    })
-                    .collect();
-                return (samples, rate);
-            }
-            _ => {}
-        }
-        pos = body + size + (size & 1);
-    }
-    panic!("WAV file has no data chunk");
-}
-
-/// Band-limited resampling with a Hann-windowed sinc (16 zero crossings each side).
-fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
-    if from == to {
-        return input.to_vec();
-    }
-    const HALF_WIDTH: f64 = 16.0;
-    let ratio = f64::from(to) / f64::from(from);
-    let cutoff = ratio.min(1.0) * 0.95; // of the input Nyquist, with a little margin
-    let reach = HALF_WIDTH / cutoff;
-    let n_out = (input.len() as f64 * ratio).floor() as usize;
-    (0..n_out)
-        .map(|n| {
-            let centre = n as f64 / ratio;
-            let first = (centre - reach).ceil().max(0.0) as usize;
-            let last = ((centre + reach).floor() as usize).min(input.len() - 1);
-            let mut acc = 0.0;
-            for (k, &x) in input.iter().enumerate().take(last + 1).skip(first) {
-                let t = k as f64 - centre;
-                let arg = std::f64::consts::PI * cutoff * t;
-                let sinc = if arg == 0.0 { 1.0 } else { arg.sin() / arg };
-                let window = 0.5 + 0.5 * (std::f64::consts::PI * t / reach).cos();
-                acc += f64::from(x) * cutoff * sinc * window;
-            }
-            acc as f32
-        })
-        .collect()
-}
-
-/// Speaks `text` with espeak-ng and returns 16 kHz mono samples.
+/// `text` spoken by espeak-ng at 16 kHz, with half a second of silence either side, as
+/// a caller's pauses would give.
 fn speak(text: &str, dir: &Path) -> Vec<f32> {
-    let wav = dir.join("speech.wav");
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run espeak-ng ({e}): apt-get install espeak-ng"));
-    assert!(status.success(), "espeak-ng failed: {status}");
-    let (samples, rate) = read_wav(&std::fs::read(&wav).expect("read espeak-ng output"));
-    // Half a second of silence either side, as a caller's pauses would give.
-    let pad = vec![0.0; WHISPER_RATE as usize / 2];
-    let speech = resample(&samples, rate, WHISPER_RATE);
-    [pad.as_slice(), &speech, &pad].concat()
-}
-
-fn words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
+    [silence(0.5), espeak(text, dir), silence(0.5)].concat()
 }
 
 #[test]

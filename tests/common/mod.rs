@@ -2,6 +2,8 @@
 //! and SIPp runs.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod baresip;
+
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::Path;
@@ -174,6 +176,30 @@ pub fn sipp_from(
         .output()
         .expect("sipp runs (Debian package sip-tester; scripts/setup.sh test installs it)");
     output
+}
+
+/// The user the call tests register and call as.
+pub const USERS: &str = "1000:secret-1000";
+
+/// SIPp arguments for a call from user 1000 (digest credentials, as in [`USERS`]) to
+/// `extension`, whose offer names `rtp_port`, plus `extra`.
+pub fn call_args<'a>(extension: &'a str, rtp_port: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "-s",
+        extension,
+        "-au",
+        "1000",
+        "-ap",
+        "secret-1000",
+        "-key",
+        "caller",
+        "1000",
+        "-key",
+        "rtp_port",
+        rtp_port,
+    ];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Asserts a SIPp run succeeded, showing its output if not.

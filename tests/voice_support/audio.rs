@@ -65,6 +65,29 @@ pub fn read_wav(bytes: &[u8]) -> (Vec<f32>, u32) {
     panic!("WAV file has no data chunk");
 }
 
+/// Writes mono samples as a 16-bit PCM WAV at `rate`.
+pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) {
+    let data_len = (samples.len() * 2) as u32;
+    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * 2).to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        let v = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).expect("write WAV");
+}
+
 /// Hann-windowed sinc resampling (16 zero crossings each side).
 pub fn resample(input: &[f32], from: u32, to: u32) -> Vec<f32> {
     if from == to {
