@@ -9,7 +9,7 @@ use sofia_voice::{
     Action, BreakerConfig, BreakerState, Config, Event, HangUpReason, Llm, Memory, Prompt, Role,
     Stage, State, Stt, Tts,
 };
-use voice_support::{FakeTts, Harness, ScriptedLlm, ScriptedStt, VecMemory, FRAME};
+use voice_support::{is_prompt, FakeTts, Harness, ScriptedLlm, ScriptedStt, VecMemory, FRAME};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -245,16 +245,7 @@ fn silence_timeout_reprompts_then_hangs_up() {
     h.until_listening();
     let idle_from = h.elapsed();
     h.silence(Duration::from_secs(10) - FRAME);
-    assert_eq!(
-        h.count(|a| matches!(
-            a,
-            Action::PlayPrompt {
-                prompt: Prompt::Reprompt,
-                ..
-            }
-        )),
-        0
-    );
+    assert_eq!(h.count(|a| is_prompt(a, Prompt::Reprompt)), 0);
     h.frame(false);
     let (at, _) = h
         .log
@@ -272,24 +263,10 @@ fn silence_timeout_reprompts_then_hangs_up() {
     assert_eq!(*at - idle_from, Duration::from_secs(10));
     h.until_listening();
     h.silence(Duration::from_secs(10));
-    assert!(h.log.iter().any(|(_, a)| matches!(
-        a,
-        Action::PlayPrompt {
-            prompt: Prompt::SilenceGoodbye,
-            ..
-        }
-    )));
+    assert!(h.played_prompt(Prompt::SilenceGoodbye));
     assert!(!h.hung_up, "hangs up only after saying goodbye");
     h.silence(Duration::from_secs(10));
-    assert!(matches!(
-        h.log.last(),
-        Some((
-            _,
-            Action::HangUp {
-                reason: HangUpReason::SilenceTimeout
-            }
-        ))
-    ));
+    assert_eq!(h.last_hang_up(), Some(HangUpReason::SilenceTimeout));
     assert_eq!(h.conv.state(), State::Ended);
     assert_eq!(h.conv.poll_timeout(), None);
 }
@@ -309,13 +286,7 @@ fn speaking_resets_the_reprompt_count() {
     h.until_listening();
     assert!(!h.hung_up);
     assert_eq!(
-        h.count(|a| matches!(
-            a,
-            Action::PlayPrompt {
-                prompt: Prompt::Reprompt,
-                ..
-            }
-        )),
+        h.count(|a| is_prompt(a, Prompt::Reprompt)),
         2,
         "{}",
         h.summary()
@@ -465,15 +436,7 @@ fn returning_caller_greeted_with_memory() {
         h.speak(ms(400));
         h.silence(ms(600));
         h.until_listening();
-        assert!(matches!(
-            h.log.last(),
-            Some((
-                _,
-                Action::HangUp {
-                    reason: HangUpReason::Goodbye
-                }
-            ))
-        ));
+        assert_eq!(h.last_hang_up(), Some(HangUpReason::Goodbye));
         assert!(s
             .tts
             .spoken
@@ -535,35 +498,15 @@ fn stt_failure_apologises_then_ends_politely() {
     s.stt.fail();
     h.speak(ms(600));
     h.silence(ms(600));
-    assert!(h.log.iter().any(|(_, a)| matches!(
-        a,
-        Action::PlayPrompt {
-            prompt: Prompt::SttRetry,
-            ..
-        }
-    )));
+    assert!(h.played_prompt(Prompt::SttRetry));
     h.until_listening();
     assert!(!h.hung_up);
     s.stt.fail();
     h.speak(ms(600));
     h.silence(ms(600));
-    assert!(h.log.iter().any(|(_, a)| matches!(
-        a,
-        Action::PlayPrompt {
-            prompt: Prompt::SttGoodbye,
-            ..
-        }
-    )));
+    assert!(h.played_prompt(Prompt::SttGoodbye));
     h.until_listening();
-    assert!(matches!(
-        h.log.last(),
-        Some((
-            _,
-            Action::HangUp {
-                reason: HangUpReason::SttUnavailable
-            }
-        ))
-    ));
+    assert_eq!(h.last_hang_up(), Some(HangUpReason::SttUnavailable));
 }
 
 #[test]
@@ -576,13 +519,7 @@ fn stt_timeout_counts_as_a_failure() {
     h.speak(ms(600));
     h.silence(ms(600));
     h.silence(Duration::from_secs(10));
-    assert!(h.log.iter().any(|(_, a)| matches!(
-        a,
-        Action::PlayPrompt {
-            prompt: Prompt::SttRetry,
-            ..
-        }
-    )));
+    assert!(h.played_prompt(Prompt::SttRetry));
     assert_eq!(
         h.conv.breaker_state(Stage::Stt, h.now),
         BreakerState::Closed { failures: 1 }
@@ -624,25 +561,11 @@ fn max_call_duration_says_goodbye_and_hangs_up() {
     };
     let mut h = harness(cfg, &s);
     h.silence(Duration::from_secs(30));
-    assert!(h.log.iter().any(|(_, a)| matches!(
-        a,
-        Action::PlayPrompt {
-            prompt: Prompt::TimeLimitGoodbye,
-            ..
-        }
-    )));
+    assert!(h.played_prompt(Prompt::TimeLimitGoodbye));
     // Not interruptible.
     h.speak(Duration::from_secs(1));
     h.silence(Duration::from_secs(10));
-    assert!(matches!(
-        h.log.last(),
-        Some((
-            _,
-            Action::HangUp {
-                reason: HangUpReason::MaxCallDuration
-            }
-        ))
-    ));
+    assert_eq!(h.last_hang_up(), Some(HangUpReason::MaxCallDuration));
 }
 
 #[test]

@@ -16,13 +16,18 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sofia_voice::{
-    Action, Audio, CallInfo, ClipId, Config, Conversation, Event, GenerateRequest, Llm, Memory,
-    PlaybackProgress, ReplyChunk, SpeechStats, StageError, State, Stt, Transcript, Tts, TurnId,
-    TurnRecord,
+    Action, Audio, CallInfo, ClipId, Config, Conversation, Event, GenerateRequest, HangUpReason,
+    Llm, Memory, PlaybackProgress, Prompt, ReplyChunk, SpeechStats, StageError, State, Stt,
+    Transcript, Tts, TurnId, TurnRecord,
 };
 
 pub const FRAME: Duration = Duration::from_millis(20);
 pub const FRAME_SAMPLES: usize = 320;
+
+/// Whether `action` plays `prompt`.
+pub fn is_prompt(action: &Action, prompt: Prompt) -> bool {
+    matches!(action, Action::PlayPrompt { prompt: p, .. } if *p == prompt)
+}
 
 // ---- doubles -------------------------------------------------------------------------
 
@@ -389,6 +394,19 @@ impl<'a> Harness<'a> {
 
     pub fn actions_since(&self, since: usize) -> Vec<&Action> {
         self.log[since..].iter().map(|(_, a)| a).collect()
+    }
+
+    /// Whether `prompt` was played at any point.
+    pub fn played_prompt(&self, prompt: Prompt) -> bool {
+        self.log.iter().any(|(_, a)| is_prompt(a, prompt))
+    }
+
+    /// The reason of the hang-up, if the last action was one.
+    pub fn last_hang_up(&self) -> Option<HangUpReason> {
+        match self.log.last() {
+            Some((_, Action::HangUp { reason })) => Some(*reason),
+            _ => None,
+        }
     }
 
     pub fn count(&self, pred: impl Fn(&Action) -> bool) -> usize {
