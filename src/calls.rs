@@ -212,6 +212,29 @@ fn caller_id(incoming: &IncomingCall) -> String {
     }
 }
 
+/// The key of a SIP INFO DTMF request (the endpoint has answered it 200): the
+/// `application/dtmf-relay` body (`Signal=5`, as Cisco and most phones send) or an
+/// `application/dtmf` body (the bare key).
+fn info_dtmf(body: &Body) -> Option<char> {
+    let text = std::str::from_utf8(&body.bytes).ok()?;
+    let content_type = body.content_type.to_ascii_lowercase();
+    let key = if content_type == "application/dtmf-relay" {
+        text.lines().find_map(|line| {
+            let (name, value) = line.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| value.trim())
+        })?
+    } else if content_type == "application/dtmf" {
+        text.trim()
+    } else {
+        return None;
+    };
+    let mut chars = key.chars();
+    let digit = chars.next()?.to_ascii_uppercase();
+    (chars.next().is_none() && matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D')).then_some(digit)
+}
+
 struct CallTask {
     call: CallHandle,
     extension: String,
@@ -387,6 +410,14 @@ impl CallTask {
                         return true;
                     }
                     Some(Event::ReInvite { body, .. }) => self.handle_reinvite(session, body).await,
+                    Some(Event::Info { body: Some(body), .. }) => {
+                        if let Some(digit) = info_dtmf(&body) {
+                            info!("call to {}: DTMF digit {digit} (SIP INFO)", self.extension);
+                            if let Some(a) = agent.as_mut() {
+                                a.handle_dtmf(Instant::now(), digit);
+                            }
+                        }
+                    }
                     Some(_) => {}
                 },
             }
@@ -481,5 +512,46 @@ impl CallTask {
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(content_type: &str, text: &str) -> Body {
+        Body {
+            content_type: content_type.to_string(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn sip_info_dtmf_bodies_give_their_key() {
+        let relay = body("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n");
+        assert_eq!(info_dtmf(&relay), Some('5'));
+        let relay = body("Application/DTMF-Relay", "signal= #\r\nDuration=250");
+        assert_eq!(info_dtmf(&relay), Some('#'));
+        assert_eq!(info_dtmf(&body("application/dtmf", "9\r\n")), Some('9'));
+        assert_eq!(info_dtmf(&body("application/dtmf", "d")), Some('D'));
+    }
+
+    #[test]
+    fn other_info_bodies_are_not_dtmf() {
+        assert_eq!(
+            info_dtmf(&body("application/dtmf-relay", "Duration=160")),
+            None
+        );
+        assert_eq!(
+            info_dtmf(&body("application/dtmf-relay", "Signal=12")),
+            None
+        );
+        assert_eq!(info_dtmf(&body("application/dtmf", "x")), None);
+        assert_eq!(info_dtmf(&body("application/media_control+xml", "5")), None);
+        let binary = Body {
+            content_type: "application/dtmf".into(),
+            bytes: vec![0xff, 0xfe],
+        };
+        assert_eq!(info_dtmf(&binary), None);
     }
 }
