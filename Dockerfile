@@ -12,7 +12,7 @@ FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential ca-certificates cmake clang libclang-dev protobuf-compiler libprotobuf-dev \
-      libopus-dev libsonic-dev pkg-config python3 python3-pip \
+      libopus-dev libsonic-dev libssl-dev pkg-config python3 python3-pip \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

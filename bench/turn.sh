@@ -20,8 +20,10 @@ if [[ -z ${SOFIA_BIN:-} ]]; then
   cargo build --release --locked -q --bin sofia-phone
   SOFIA_BIN=$CARGO_TARGET_DIR/release/sofia-phone
 fi
-cargo build --release --locked -q --example turn_bench
-load=$CARGO_TARGET_DIR/release/examples/turn_bench
+# The load generator is light (a few calls of paced RTP): the dev build will do, and
+# spares a release build of everything the example links.
+cargo build --locked -q --example turn_bench
+load=$CARGO_TARGET_DIR/debug/examples/turn_bench
 command -v espeak-ng >/dev/null && command -v sox >/dev/null \
   || { echo "needs espeak-ng and sox: scripts/setup.sh test installs them" >&2; exit 1; }
 

@@ -14,10 +14,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sofia-phone/target}
 
 say() { printf 'setup: %s\n' "$*"; }
 
-# Debian packages: to build (whisper.cpp needs cmake and clang, lancedb needs protoc and the well-known .proto files,
-# audiopus needs libopus, piper's espeak-ng needs libsonic) and, for tests, real SIP peers.
+# Debian packages: to build (whisper.cpp needs cmake and clang; lancedb needs protoc and
+# the well-known .proto files; audiopus needs libopus; piper's espeak-ng needs libsonic;
+# ort's build script links OpenSSL) and, for tests, real SIP peers.
 packages=(build-essential ca-certificates curl git cmake clang libclang-dev protobuf-compiler libprotobuf-dev
-          libopus-dev libsonic-dev pkg-config python3 iproute2)
+          libopus-dev libsonic-dev libssl-dev pkg-config python3 iproute2)
 if [[ $mode == test ]]; then
   packages+=(sip-tester baresip linphone-cli espeak-ng sox)
 fi
