@@ -60,10 +60,19 @@ fn new_caller_is_greeted_from_the_prompt_cache() {
     assert_eq!(h.conv.state(), State::Speaking);
 }
 
+/// The default configuration without early transcription, so that the `Transcribe`
+/// action marks the end of the turn.
+fn late_stt() -> Config {
+    Config {
+        early_stt_silence: None,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn end_of_turn_after_silence() {
     let s = Stages::new();
-    let mut h = harness(Config::default(), &s);
+    let mut h = harness(late_stt(), &s);
     h.until_listening();
     s.stt.say("I need a table for two.");
     h.speak(ms(1000));
@@ -96,6 +105,70 @@ fn end_of_turn_after_silence() {
         spoken.contains("You said you need a table for two."),
         "{spoken}"
     );
+}
+
+#[test]
+fn early_transcription_is_used_when_the_caller_stays_silent() {
+    let s = Stages::new();
+    let mut h = harness(Config::default(), &s);
+    h.stt_delay = ms(250);
+    h.until_listening();
+    s.stt.say("I need a table for two.");
+    h.speak(ms(1000));
+    let spoke_until = h.elapsed();
+    h.silence(ms(260)); // 13 frames: past 250 ms
+    assert_eq!(h.count(is_transcribe), 1, "transcription starts at 250 ms");
+    h.silence(ms(340)); // 600 ms in all
+                        // The turn ends at 600 ms of silence; the transcript (ready at 500 ms) is used at
+                        // once: the reply is being synthesized on the same frame.
+    let (at, _) = h
+        .log
+        .iter()
+        .find(|(at, a)| *at > spoke_until && matches!(a, Action::Synthesize { .. }))
+        .expect("reply synthesized");
+    assert_eq!(*at, spoke_until + ms(600), "{}", h.summary());
+    h.until_listening();
+    assert_eq!(h.count(is_transcribe), 1, "{}", h.summary());
+    let spoken = s.tts.spoken.lock().unwrap().join(" ");
+    assert!(
+        spoken.contains("You said you need a table for two."),
+        "{spoken}"
+    );
+}
+
+#[test]
+fn early_transcription_is_dropped_when_the_caller_goes_on() {
+    let s = Stages::new();
+    let mut h = harness(Config::default(), &s);
+    h.stt_delay = ms(100);
+    h.until_listening();
+    s.stt.say("I need a table");
+    s.stt.say("I need a table for two on Friday.");
+    h.speak(ms(1000));
+    h.silence(ms(400)); // a pause mid-sentence: early transcription starts
+    assert_eq!(h.count(is_transcribe), 1);
+    h.speak(ms(800));
+    assert_eq!(
+        h.count(|a| matches!(a, Action::Cancel { .. })),
+        1,
+        "{}",
+        h.summary()
+    );
+    h.silence(ms(600));
+    h.until_listening();
+    let audio_lengths: Vec<usize> = h
+        .log
+        .iter()
+        .filter_map(|(_, a)| match a {
+            Action::Transcribe { audio, .. } => Some(audio.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(audio_lengths.len(), 2, "{}", h.summary());
+    assert!(audio_lengths[1] > audio_lengths[0] + 16 * 1000);
+    let spoken = s.tts.spoken.lock().unwrap().join(" ");
+    assert!(spoken.contains("for two on Friday"), "{spoken}");
+    assert!(!spoken.contains("You said you need a table."), "{spoken}");
 }
 
 #[test]

@@ -25,6 +25,11 @@ pub const SAMPLE_RATE: u32 = 16_000;
 pub struct Config {
     /// Silence after speech that ends the caller's turn.
     pub end_of_turn_silence: Duration,
+    /// After this much silence (less than `end_of_turn_silence`) transcription starts
+    /// early, on the audio so far; if the caller stays silent until the end of the turn,
+    /// its result is used and the transcription time is hidden in the wait. If they
+    /// speak again, it is thrown away. `None`: transcribe at the end of the turn.
+    pub early_stt_silence: Option<Duration>,
     /// Speech shorter than this (coughs, clicks, line noise) is not a turn.
     pub min_speech: Duration,
     /// Caller speech needed to interrupt the agent (guards against echo and noise).
@@ -64,6 +69,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             end_of_turn_silence: Duration::from_millis(600),
+            early_stt_silence: Some(Duration::from_millis(250)),
             min_speech: Duration::from_millis(200),
             barge_in_min_speech: Duration::from_millis(200),
             barge_in_reset: Duration::from_millis(300),
@@ -285,6 +291,8 @@ pub enum Event {
 /// Caller speech being collected.
 #[derive(Debug)]
 struct Utterance {
+    /// Tells utterances apart (an early transcription belongs to one).
+    serial: u64,
     audio: Vec<f32>,
     voiced_samples: usize,
     silence_samples: usize,
@@ -354,6 +362,19 @@ struct Reply {
     timings: TurnTimings,
 }
 
+/// A transcription started before the end of the turn was certain
+/// ([`Config::early_stt_silence`]).
+#[derive(Debug)]
+struct Early {
+    turn: TurnId,
+    /// The utterance it transcribes, and how far the speech in it went.
+    utterance: u64,
+    speech_end: usize,
+    issued: Instant,
+    /// Its result, if it arrived before the end of the turn.
+    result: Option<Result<Transcript, StageError>>,
+}
+
 /// A caller turn being transcribed.
 #[derive(Debug)]
 struct Pending {
@@ -375,8 +396,10 @@ pub struct Conversation {
     /// Audio of a turn abandoned because the caller kept talking; it leads the next one.
     carry: Option<(Vec<f32>, usize)>,
     pending: Option<Pending>,
+    early: Option<Early>,
     reply: Option<Reply>,
     next_turn: u64,
+    next_utterance: u64,
     next_clip: u64,
     stt_breaker: CircuitBreaker,
     llm_breaker: CircuitBreaker,
@@ -419,8 +442,10 @@ impl Conversation {
             utterance: None,
             carry: None,
             pending: None,
+            early: None,
             reply: None,
             next_turn: 0,
+            next_utterance: 0,
             next_clip: 0,
             last_activity: now,
             last_frame: None,
@@ -533,7 +558,9 @@ impl Conversation {
             None => {
                 let mut audio: Vec<f32> = self.pre_roll.drain(..).collect();
                 audio.extend_from_slice(frame);
+                self.next_utterance += 1;
                 self.utterance = Some(Utterance {
+                    serial: self.next_utterance,
                     speech_end: audio.len(),
                     audio,
                     voiced_samples: frame.len(),
@@ -556,6 +583,11 @@ impl Conversation {
             .as_ref()
             .expect("an utterance was started or extended above");
         let (voiced, silence, len) = (u.voiced_samples, u.silence_samples, u.audio.len());
+        let serial = u.serial;
+        if is_speech && self.early.as_ref().is_some_and(|e| e.utterance == serial) {
+            // The caller goes on: the early transcription is of a sentence half said.
+            self.cancel_early();
+        }
 
         let agent_busy = self.state != State::Listening;
         if agent_busy {
@@ -565,6 +597,14 @@ impl Conversation {
                 self.drop_utterance();
             }
             return;
+        }
+        if let Some(early) = self.cfg.early_stt_silence {
+            let due = silence >= samples(early)
+                && silence < samples(self.cfg.end_of_turn_silence)
+                && voiced >= samples(self.cfg.min_speech);
+            if due && self.early.as_ref().is_none_or(|e| e.utterance != serial) {
+                self.start_early(now);
+            }
         }
         if silence >= samples(self.cfg.end_of_turn_silence) {
             if voiced >= samples(self.cfg.min_speech) {
@@ -632,14 +672,82 @@ impl Conversation {
         self.push_action(Action::Remember(record));
     }
 
+    /// The utterance's audio as it is handed to speech-to-text: up to the end of its
+    /// speech plus a little trailing audio.
+    fn utterance_audio(&self, u: &Utterance) -> Vec<f32> {
+        let keep = (u.speech_end + samples(self.cfg.trailing_audio)).min(u.audio.len());
+        u.audio[..keep].to_vec()
+    }
+
+    /// Starts transcribing the current utterance before the end of the turn is certain.
+    /// Only with a closed breaker (a trial call is for a real turn) and nothing carried
+    /// over from an abandoned turn.
+    fn start_early(&mut self, now: Instant) {
+        self.cancel_early();
+        let closed = matches!(self.stt_breaker.state(now), BreakerState::Closed { .. });
+        let Some(u) = self
+            .utterance
+            .as_ref()
+            .filter(|_| closed && self.carry.is_none())
+        else {
+            return;
+        };
+        let audio = self.utterance_audio(u);
+        let early = Early {
+            turn: TurnId(0), // set below, once `u` is no longer borrowed
+            utterance: u.serial,
+            speech_end: u.speech_end,
+            issued: now,
+            result: None,
+        };
+        let speech = SpeechStats {
+            voiced: duration_of(u.voiced_samples),
+            total: duration_of(audio.len()),
+        };
+        let turn = self.new_turn();
+        self.push_action(Action::Transcribe {
+            turn,
+            audio,
+            speech,
+        });
+        self.early = Some(Early { turn, ..early });
+    }
+
+    fn cancel_early(&mut self) {
+        if let Some(e) = self.early.take() {
+            self.push_action(Action::Cancel { turn: e.turn });
+        }
+    }
+
     fn end_of_turn(&mut self, now: Instant) {
         let u = self
             .utterance
             .take()
             .expect("end_of_turn is called with an utterance");
-        let keep = (u.speech_end + samples(self.cfg.trailing_audio)).min(u.audio.len());
-        let mut audio = u.audio;
-        audio.truncate(keep);
+        let mut audio = self.utterance_audio(&u);
+        let early = self.early.take();
+        if let Some(e) = early {
+            if e.utterance == u.serial && e.speech_end == u.speech_end && self.carry.is_none() {
+                // Nothing was said since the early transcription started: it is this turn's.
+                self.last_activity = now;
+                self.reprompts = 0;
+                let mut timings = TurnTimings::new(e.turn);
+                timings.end_of_speech = Some(now);
+                self.pending = Some(Pending {
+                    turn: e.turn,
+                    audio,
+                    voiced_samples: u.voiced_samples,
+                    deadline: e.issued + self.cfg.stt_timeout,
+                    timings,
+                });
+                self.set_state(State::Thinking);
+                if let Some(result) = e.result {
+                    self.handle_transcript(now, e.turn, result);
+                }
+                return;
+            }
+            self.push_action(Action::Cancel { turn: e.turn });
+        }
         let mut voiced = u.voiced_samples;
         if let Some((mut earlier, v)) = self.carry.take() {
             earlier.extend_from_slice(&audio);
@@ -683,6 +791,10 @@ impl Conversation {
         result: Result<Transcript, StageError>,
     ) {
         if self.state == State::Ended {
+            return;
+        }
+        if let Some(early) = self.early.as_mut().filter(|e| e.turn == turn) {
+            early.result = Some(result); // kept for the end of the turn
             return;
         }
         let Some(pending) = self.pending.take_if(|p| p.turn == turn) else {
