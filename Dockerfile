@@ -31,7 +31,10 @@ RUN --mount=type=cache,id=sofia-phone-target,target=/cache/target \
 RUN --mount=type=cache,id=sofia-phone-models,target=/cache/models \
     /out/sofia-phone models fetch --config sip-profiles/default.toml --data-dir /cache \
  && cp -r /cache/models /out/models \
- && find /out/models -name '.download' -prune -exec rm -rf {} +
+ && find /out/models -name '.download' -prune -exec rm -rf {} + \
+ && find /out/models -maxdepth 1 -name 'whisper-*-ct2' -prune -exec rm -rf {} +
+# (The CTranslate2 copy of Whisper is only the converter's input: the image carries the
+# converted GGML file, which is what `serve` loads.)
 
 FROM docker.io/library/debian:bookworm-slim AS runtime
 RUN apt-get update \
