@@ -71,25 +71,20 @@ fn whisper_transcribes_speech_after_a_mulaw_phone_line() {
     );
 }
 
+/// A fitted encoder context must not cost words. How much time it saves is measured by
+/// bench/voice_stages.sh, not asserted here: a timed test flakes on a loaded machine.
 #[test]
-fn fitted_audio_ctx_keeps_the_words_and_saves_time() {
+fn fitted_audio_ctx_keeps_the_words() {
     let audio = spoken(SENTENCE);
     let fitted = fitted_audio_ctx(audio.len(), stt().config().audio_ctx_margin);
-    let time = |ctx: Option<i32>| {
-        let started = Instant::now();
-        let (text, _) = stt().transcribe_with_ctx(&audio, ctx).expect("transcribe");
-        (started.elapsed(), text)
-    };
-    let (full, full_text) = time(None);
-    let (fit, fit_text) = time(Some(fitted));
-    eprintln!("full window: {full:.2?} {full_text:?}; audio_ctx {fitted}: {fit:.2?} {fit_text:?}");
+    assert!(fitted < 1500, "{fitted}");
+    let (fit_text, _) = stt()
+        .transcribe_with_ctx(&audio, Some(fitted))
+        .expect("transcribe");
+    eprintln!("audio_ctx {fitted}: {fit_text:?}");
     assert!(
         missing_words(SENTENCE, &fit_text).len() <= 1,
         "{fit_text:?}"
-    );
-    assert!(
-        fit < full,
-        "fitted audio_ctx was not faster ({fit:?} vs {full:?})"
     );
 }
 
