@@ -245,8 +245,10 @@ fn silent_server_times_out() {
     let (r, chunks) = generate(&client(&server.base_url, true));
     assert_eq!(r, Err(StageError::Timeout));
     assert!(chunks.is_empty());
+    // It gives up (at its deadline), rather than hanging; the bound leaves room for a
+    // loaded machine.
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
@@ -261,7 +263,7 @@ fn stalled_stream_times_out_after_partial_text() {
     assert_eq!(chunks, ["Let me check"]);
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(3),
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
         "{took:?}"
     );
 }
