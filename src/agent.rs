@@ -264,7 +264,7 @@ impl AgentCall {
     /// The caller hung up: what was played is remembered.
     pub fn handle_hangup(&mut self, now: Instant) {
         self.conversation.handle_hangup(now);
-        self.drain_actions(None);
+        self.drain_actions(now, None);
     }
 
     /// When [`AgentCall::drive`] has timer work next.
@@ -281,7 +281,7 @@ impl AgentCall {
         for progress in self.playback.progress(session.queued_playback()) {
             self.conversation.handle_playback_progress(now, progress);
         }
-        let hang_up = self.drain_actions(Some(session));
+        let hang_up = self.drain_actions(now, Some(session));
         while let Some(event) = self.conversation.poll_event() {
             log_event(&event);
             self.count(&event);
@@ -289,7 +289,11 @@ impl AgentCall {
         hang_up
     }
 
-    fn drain_actions(&mut self, mut session: Option<&mut MediaSession>) -> Option<HangUpReason> {
+    fn drain_actions(
+        &mut self,
+        now: Instant,
+        mut session: Option<&mut MediaSession>,
+    ) -> Option<HangUpReason> {
         let mut hang_up = None;
         while let Some(action) = self.conversation.poll_action() {
             if let Action::Remember(turn) = &action {
@@ -328,8 +332,7 @@ impl AgentCall {
         // Empty clips finish at once.
         if let Some(session) = session {
             for progress in self.playback.progress(session.queued_playback()) {
-                self.conversation
-                    .handle_playback_progress(Instant::now(), progress);
+                self.conversation.handle_playback_progress(now, progress);
             }
         }
         hang_up

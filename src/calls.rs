@@ -69,16 +69,6 @@ pub async fn run(
         match notice {
             CallNotice::Incoming(incoming) => {
                 calls.retain(|_, tx| !tx.is_closed());
-                if *lifecycle.borrow() != Lifecycle::Running {
-                    // Service Unavailable: the phone may try another server or later.
-                    info!("new call while shutting down: 503");
-                    layer.metrics.rejected(503);
-                    layer
-                        .endpoint
-                        .command(incoming.call, CallCommand::Reject(503))
-                        .await;
-                    continue;
-                }
                 if let Some(tx) = start_call(&layer, incoming, lifecycle.clone()).await {
                     calls.insert(tx.0, tx.1);
                 }
@@ -125,6 +115,12 @@ async fn start_call(
         layer.metrics.rejected(status);
         layer.endpoint.command(call, CallCommand::Reject(status))
     };
+    if *lifecycle.borrow() != Lifecycle::Running {
+        // Service Unavailable: the phone may try another server, or later.
+        info!("new call while shutting down: 503");
+        reject(503).await;
+        return None;
+    }
     let Some(application) = layer.profile.route(&extension) else {
         info!("call to unknown extension {extension:?}: 404");
         reject(404).await;
@@ -422,7 +418,6 @@ impl CallTask {
                 },
             }
             let now = Instant::now();
-            media::send_transmits(session, &self.ports, now);
             while let Some(event) = session.poll_event() {
                 match event {
                     sofia_media::Event::Inactive => {
@@ -457,9 +452,10 @@ impl CallTask {
                     );
                     return false;
                 }
-                // Agent audio queued just now goes out on the 20 ms schedule.
-                media::send_transmits(session, &self.ports, now);
             }
+            // After the events and the agent: audio the agent queued (or flushed, on a
+            // barge-in) just now is already reflected in what goes out.
+            media::send_transmits(session, &self.ports, now);
         }
     }
 
