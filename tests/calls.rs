@@ -28,12 +28,17 @@ fn free_rtp_pair() -> u16 {
 }
 
 fn start(data: &Path, sip_port: u16, rtp: u16) -> Server {
+    start_with_profile(data, sip_port, rtp, "sip-profiles/default.toml")
+}
+
+/// `serve` with `profile`, the users of [`USERS`] and the RTP pair at `rtp` only.
+fn start_with_profile(data: &Path, sip_port: u16, rtp: u16, profile: &str) -> Server {
     let range = format!("{rtp}-{}", rtp + 1);
     let server = Server::start_with(
         data,
         sip_port,
         Some(USERS),
-        Path::new("sip-profiles/default.toml"),
+        Path::new(profile),
         &[("SOFIA_RTP_PORTS", &range)],
     );
     server.wait_for("listening for SIP on tcp");
@@ -269,15 +274,7 @@ fn sigterm_lets_the_call_in_progress_finish_refuses_new_calls_then_exits() {
 fn sigterm_hangs_up_calls_still_in_progress_after_the_drain_time() {
     let data = tempfile::tempdir().unwrap();
     let (sip_port, rtp) = (free_port(), free_rtp_pair());
-    let range = format!("{rtp}-{}", rtp + 1);
-    let server = Server::start_with(
-        data.path(),
-        sip_port,
-        Some(USERS),
-        Path::new("tests/profiles/drain.toml"),
-        &[("SOFIA_RTP_PORTS", &range)],
-    );
-    server.wait_for("listening for SIP on tcp");
+    let server = start_with_profile(data.path(), sip_port, rtp, "tests/profiles/drain.toml");
     // A call that would last 20 s.
     let call = echo_call_in_background(sip_port, 20_000);
     server.wait_for("call to 9196 (echo) from 1000 answered");
