@@ -20,7 +20,7 @@ load=$CARGO_TARGET_DIR/release/examples/media_load
 
 work=$(mktemp -d)
 port=26060
-SOFIA_LOG=warn SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
+SOFIA_LOG=warn SOFIA_HTTP_ADDR=127.0.0.1:0 SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
   SOFIA_DATA_DIR=$work "$bin" serve --config bench/profiles/media.toml > "$work/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT

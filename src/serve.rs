@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UdpSocket};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::AgentSlot;
 use crate::calls::Lifecycle;
@@ -61,6 +61,7 @@ pub async fn bind(profile: &Profile) -> anyhow::Result<Listeners> {
                 let socket = UdpSocket::bind(addr)
                     .await
                     .with_context(|| format!("binding SIP udp {addr}"))?;
+                enlarge_receive_buffer(&socket);
                 info!("listening for SIP on udp {}", socket.local_addr()?);
                 listeners.udp = Some(socket);
             }
@@ -74,6 +75,22 @@ pub async fn bind(profile: &Profile) -> anyhow::Result<Listeners> {
         }
     }
     Ok(listeners)
+}
+
+/// Receive buffer asked for on the SIP UDP socket. The kernel default (about 200 KiB)
+/// holds a few hundred messages: a pause of a few milliseconds under a registration
+/// storm overflows it, and every dropped request costs the phone a 500 ms retransmit.
+/// The kernel caps the size at net.core.rmem_max.
+const SIP_UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
+fn enlarge_receive_buffer(socket: &UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(e) = socket.set_recv_buffer_size(SIP_UDP_RECEIVE_BUFFER) {
+        warn!("cannot enlarge the SIP udp receive buffer: {e}");
+    }
+    if let Ok(size) = socket.recv_buffer_size() {
+        debug!("SIP udp receive buffer: {size} bytes");
+    }
 }
 
 async fn serve(profile: Profile) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
 //! The SIP shell: the sockets around [`sofia_sip::Endpoint`].
 //!
-//! One task owns the endpoint. UDP datagrams and messages framed from TCP connections
-//! reach it over a channel; it sends what the endpoint transmits, fires its timers on
+//! One task owns the endpoint. It reads the UDP socket itself, in batches (no copy, no
+//! hand-over between tasks: at thousands of REGISTERs a second the wake-ups of a
+//! reader task cost more than the SIP work). Messages framed from TCP connections reach
+//! it over a channel. It sends what the endpoint transmits, fires its timers on
 //! the tokio clock, persists registrations, and hands call events to the per-call tasks
 //! (see `calls.rs`), whose commands come back over the same channel. No protocol logic
 //! lives here.
@@ -25,9 +27,12 @@ use crate::metrics::Metrics;
 
 /// Largest UDP datagram we read; larger SIP messages must use TCP (RFC 3261 18.1.1).
 const MAX_DATAGRAM: usize = 65_535;
-/// Messages queued for the endpoint task; past this, UDP input is dropped (the peer
-/// retransmits) and TCP readers wait, instead of memory growing without bound.
+/// Messages queued for the endpoint task; past this, TCP readers wait, instead of
+/// memory growing without bound.
 const INBOX_DEPTH: usize = 4096;
+/// Datagrams handled per wake-up before the responses go out and other input (TCP,
+/// commands, timers) gets its turn.
+const UDP_BATCH: usize = 64;
 
 /// A command for the endpoint, from a call task.
 #[derive(Debug)]
@@ -112,9 +117,6 @@ pub fn start(
     let (tx, rx) = mpsc::channel(INBOX_DEPTH);
     let (notice_tx, notice_rx) = mpsc::channel(1024);
     let udp = udp.map(Arc::new);
-    if let Some(socket) = &udp {
-        tokio::spawn(udp_reader(socket.clone(), tx.clone()));
-    }
     if let Some(listener) = tcp {
         tokio::spawn(tcp_acceptor(
             listener,
@@ -191,6 +193,8 @@ const PERSIST_DELAY: std::time::Duration = std::time::Duration::from_millis(500)
 
 impl EndpointTask {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let udp = self.udp.clone();
+        let mut datagram = vec![0u8; MAX_DATAGRAM];
         loop {
             let deadline = self
                 .endpoint
@@ -198,6 +202,18 @@ impl EndpointTask {
                 .map(tokio::time::Instant::from_std);
             let input = tokio::select! {
                 input = rx.recv() => input,
+                Ok(()) = async {
+                    match &udp {
+                        Some(socket) => socket.readable().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(socket) = &udp {
+                        self.read_datagrams(socket, &mut datagram);
+                    }
+                    self.flush().await;
+                    continue;
+                }
                 _ = sleep_until(deadline) => {
                     self.endpoint.handle_timeout(Instant::now());
                     self.flush().await;
@@ -256,6 +272,25 @@ impl EndpointTask {
         }
     }
 
+    /// Handles the datagrams waiting on the socket, up to [`UDP_BATCH`].
+    fn read_datagrams(&mut self, socket: &UdpSocket, buf: &mut [u8]) {
+        for _ in 0..UDP_BATCH {
+            match socket.try_recv_from(buf) {
+                Ok((n, source)) => {
+                    self.endpoint.handle_datagram(
+                        Instant::now(),
+                        source,
+                        Transport::Udp,
+                        &buf[..n],
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // ICMP port unreachable from an earlier send surfaces here on Linux.
+                Err(e) => debug!("udp receive: {e}"),
+            }
+        }
+    }
+
     /// Dispatches every pending event and sends every pending transmit.
     async fn flush(&mut self) {
         while let Some(event) = self.endpoint.poll_event() {
@@ -279,8 +314,14 @@ impl EndpointTask {
             match transmit.transport {
                 Transport::Udp => {
                     if let Some(socket) = &self.udp {
-                        if let Err(e) = socket.send_to(&transmit.bytes, transmit.destination).await
-                        {
+                        // Straight into the socket buffer; wait only when it is full.
+                        let sent = match socket.try_send_to(&transmit.bytes, transmit.destination) {
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                socket.send_to(&transmit.bytes, transmit.destination).await
+                            }
+                            other => other,
+                        };
+                        if let Err(e) = sent {
                             debug!("udp send to {}: {e}", transmit.destination);
                         }
                     }
@@ -351,27 +392,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn udp_reader(socket: Arc<UdpSocket>, tx: mpsc::Sender<Input>) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, source)) => {
-                let input = Input::Message {
-                    source,
-                    transport: Transport::Udp,
-                    bytes: buf[..n].to_vec(),
-                };
-                // Full inbox: drop; UDP peers retransmit (RFC 3261 17.1.1.2).
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(input) {
-                    return;
-                }
-            }
-            // ICMP port unreachable from an earlier send surfaces here on Linux.
-            Err(e) => debug!("udp receive: {e}"),
-        }
     }
 }
 

@@ -3,10 +3,13 @@
 //! (stale=true), nonce-count replay protection and blocking of sources that keep
 //! failing.
 //!
-//! Nonces are stateless: issue time and a counter, authenticated with HMAC under the
-//! caller's seed, so they cannot be forged or predicted and survive without storage
-//! until first use. State is kept only for nonces that authenticated a request (their
-//! highest nonce-count) and for sources with recent failures; both are purged by time.
+//! Nonces carry their issue time and a serial number, authenticated with HMAC under the
+//! caller's seed, so they cannot be forged or predicted. The highest nonce-count seen
+//! for each nonce lives in a fixed ring indexed by serial (as Kamailio's nc array does):
+//! constant time per request and bounded memory whatever the rate. A nonce whose slot
+//! has been reused by a newer one is answered `stale=true`, and the client simply
+//! retries with the fresh nonce. Sources with recent failures are kept in a map purged
+//! by time.
 //! This module never says whether a user exists: an unknown user is verified against a
 //! dummy password and fails exactly like a wrong password.
 
@@ -185,27 +188,30 @@ pub enum Verdict {
 }
 
 #[derive(Debug, Clone)]
-struct NonceUse {
-    last_nc: u32,
-    expires: Instant,
-}
-
-#[derive(Debug, Clone)]
 struct FailureRecord {
     window_start: Instant,
     count: u32,
     blocked_until: Option<Instant>,
 }
 
-/// Bound on tracked sources and used nonces, so that a flood cannot grow memory.
+/// Bound on tracked failing sources, so that a flood cannot grow memory.
 const MAX_TRACKED: usize = 100_000;
+
+/// Nonces whose nonce-count is tracked: the last this many issued. At 6000 challenges/s
+/// that is about three minutes of nonces, in 4 MiB.
+const NONCE_SLOTS: u64 = 1 << 20;
 
 /// Issues challenges and verifies credentials.
 #[derive(Debug)]
 pub struct Authenticator {
     policy: AuthPolicy,
     epoch: Instant,
-    nonce_uses: HashMap<String, NonceUse>,
+    /// Serial number of the newest nonce issued (serials start at 1).
+    last_serial: u64,
+    /// Highest nonce-count seen per nonce, at `(serial - 1) % nonce_slots`; 0 when unused.
+    /// Grows up to `nonce_slots` entries, then is reused as a ring.
+    nonce_counts: Vec<u32>,
+    nonce_slots: u64,
     failures: HashMap<IpAddr, FailureRecord>,
 }
 
@@ -214,7 +220,9 @@ impl Authenticator {
         Self {
             policy,
             epoch,
-            nonce_uses: HashMap::new(),
+            last_serial: 0,
+            nonce_counts: Vec::new(),
+            nonce_slots: NONCE_SLOTS,
             failures: HashMap::new(),
         }
     }
@@ -223,35 +231,53 @@ impl Authenticator {
         &self.policy
     }
 
-    /// A fresh nonce: issue second, counter and a truncated HMAC over both.
-    pub fn new_nonce(&self, now: Instant, tokens: &mut TokenSource) -> String {
+    /// A fresh nonce: issue second, serial number and a truncated HMAC over both.
+    pub fn new_nonce(&mut self, now: Instant, tokens: &TokenSource) -> String {
         let secs = now.saturating_duration_since(self.epoch).as_secs() as u32;
-        let counter = tokens.next_counter();
-        let mac = tokens.mac(&[b"nonce", &secs.to_be_bytes(), &counter.to_be_bytes()]);
-        format!("{secs:08x}{counter:016x}{}", hex::encode(&mac[..16]))
+        self.last_serial += 1;
+        let serial = self.last_serial;
+        let slot = ((serial - 1) % self.nonce_slots) as usize;
+        if slot < self.nonce_counts.len() {
+            self.nonce_counts[slot] = 0;
+        } else {
+            self.nonce_counts.push(0);
+        }
+        let mac = tokens.mac(&[b"nonce", &secs.to_be_bytes(), &serial.to_be_bytes()]);
+        format!("{secs:08x}{serial:016x}{}", hex::encode(&mac[..16]))
     }
 
-    /// The issue time of a nonce we minted, or `None` for a forged or foreign one.
-    fn nonce_issued(&self, nonce: &str, tokens: &TokenSource) -> Option<Instant> {
+    /// The issue time and serial of a nonce we minted, or `None` for a forged or
+    /// foreign one.
+    fn nonce_issued(&self, nonce: &str, tokens: &TokenSource) -> Option<(Instant, u64)> {
         if nonce.len() != 56 || !nonce.is_ascii() {
             return None;
         }
         let secs = u32::from_str_radix(&nonce[..8], 16).ok()?;
-        let counter = u64::from_str_radix(&nonce[8..24], 16).ok()?;
-        let mac = tokens.mac(&[b"nonce", &secs.to_be_bytes(), &counter.to_be_bytes()]);
+        let serial = u64::from_str_radix(&nonce[8..24], 16).ok()?;
+        let mac = tokens.mac(&[b"nonce", &secs.to_be_bytes(), &serial.to_be_bytes()]);
         if !constant_time_eq(hex::encode(&mac[..16]).as_bytes(), &nonce.as_bytes()[24..]) {
             return None;
         }
-        Some(self.epoch + Duration::from_secs(u64::from(secs)))
+        Some((self.epoch + Duration::from_secs(u64::from(secs)), serial))
+    }
+
+    /// The nonce-count slot of a nonce, while it is still tracked.
+    fn nonce_count_slot(&mut self, serial: u64) -> Option<&mut u32> {
+        if serial == 0 || serial > self.last_serial || self.last_serial - serial >= self.nonce_slots
+        {
+            return None;
+        }
+        self.nonce_counts
+            .get_mut(((serial - 1) % self.nonce_slots) as usize)
     }
 
     /// WWW-Authenticate header values, one per configured algorithm.
     pub fn challenge(
-        &self,
+        &mut self,
         now: Instant,
         realm: &str,
         stale: bool,
-        tokens: &mut TokenSource,
+        tokens: &TokenSource,
     ) -> Vec<String> {
         let nonce = self.new_nonce(now, tokens);
         self.policy
@@ -322,33 +348,21 @@ impl Authenticator {
         if !(known && matches && creds.realm == realm) {
             return Verdict::Failed;
         }
-        let Some(issued) = self.nonce_issued(&creds.nonce, tokens) else {
+        let Some((issued, serial)) = self.nonce_issued(&creds.nonce, tokens) else {
             return Verdict::Stale;
         };
-        let expires = issued + self.policy.nonce_ttl;
-        if now >= expires {
+        if now >= issued + self.policy.nonce_ttl {
             return Verdict::Stale;
         }
-        match self.nonce_uses.get_mut(&creds.nonce) {
-            Some(used) if nc_value <= used.last_nc => return Verdict::Replay,
-            Some(used) => used.last_nc = nc_value,
-            None => {
-                if self.nonce_uses.len() >= MAX_TRACKED {
-                    self.purge(now);
-                }
-                if self.nonce_uses.len() >= MAX_TRACKED {
-                    // Cannot track the count safely: make the client take a new nonce.
-                    return Verdict::Stale;
-                }
-                self.nonce_uses.insert(
-                    creds.nonce.clone(),
-                    NonceUse {
-                        last_nc: nc_value,
-                        expires,
-                    },
-                );
-            }
+        // A nonce too old to have its count tracked any more: make the client take a
+        // new one rather than accept a count we cannot check.
+        let Some(last_nc) = self.nonce_count_slot(serial) else {
+            return Verdict::Stale;
+        };
+        if nc_value <= *last_nc {
+            return Verdict::Replay;
         }
+        *last_nc = nc_value;
         Verdict::Authenticated(creds.username.clone())
     }
 
@@ -385,9 +399,8 @@ impl Authenticator {
             .is_some_and(|until| now < until)
     }
 
-    /// Drops expired nonce counts and failure records.
+    /// Drops expired failure records.
     pub fn purge(&mut self, now: Instant) {
-        self.nonce_uses.retain(|_, u| u.expires > now);
         let window = self.policy.failure_window;
         self.failures.retain(|_, r| {
             r.blocked_until.is_some_and(|u| u > now)
@@ -474,15 +487,96 @@ mod tests {
 
     #[test]
     fn forged_nonce_is_not_ours() {
-        let tokens = TokenSource::new([7; 32]);
+        let t = TokenSource::new([7; 32]);
         let t0 = origin();
-        let auth = Authenticator::new(AuthPolicy::default(), t0);
-        let mut t = tokens.clone();
-        let nonce = auth.new_nonce(t0, &mut t);
+        let mut auth = Authenticator::new(AuthPolicy::default(), t0);
+        let nonce = auth.new_nonce(t0, &t);
         assert!(auth.nonce_issued(&nonce, &t).is_some());
         let mut forged = nonce.clone();
         forged.replace_range(55.., if nonce.ends_with('0') { "1" } else { "0" });
         assert!(auth.nonce_issued(&forged, &t).is_none());
         assert!(auth.nonce_issued("short", &t).is_none());
+    }
+
+    fn credentials(
+        auth: &mut Authenticator,
+        t0: Instant,
+        tokens: &TokenSource,
+        nonce: &str,
+        nc: &str,
+    ) -> Verdict {
+        let response = digest_response(
+            DigestAlgorithm::Md5,
+            "alice",
+            "example.com",
+            "secret",
+            "REGISTER",
+            "sip:example.com",
+            nonce,
+            nc,
+            "c0ffee",
+            "auth",
+        );
+        let creds = DigestCredentials {
+            username: "alice".into(),
+            realm: "example.com".into(),
+            nonce: nonce.into(),
+            uri: "sip:example.com".into(),
+            response,
+            algorithm: Some("MD5".into()),
+            cnonce: Some("c0ffee".into()),
+            qop: Some("auth".into()),
+            nc: Some(nc.into()),
+        };
+        auth.verify(
+            t0,
+            "REGISTER",
+            &creds,
+            "example.com",
+            Some("secret"),
+            tokens,
+        )
+    }
+
+    #[test]
+    fn nonce_count_must_increase_per_nonce() {
+        let t = TokenSource::new([7; 32]);
+        let t0 = origin();
+        let mut auth = Authenticator::new(AuthPolicy::default(), t0);
+        let first = auth.new_nonce(t0, &t);
+        let second = auth.new_nonce(t0, &t);
+        let ok = Verdict::Authenticated("alice".into());
+        assert_eq!(credentials(&mut auth, t0, &t, &first, "00000001"), ok);
+        assert_eq!(
+            credentials(&mut auth, t0, &t, &first, "00000001"),
+            Verdict::Replay
+        );
+        assert_eq!(credentials(&mut auth, t0, &t, &first, "00000003"), ok);
+        assert_eq!(
+            credentials(&mut auth, t0, &t, &first, "00000002"),
+            Verdict::Replay
+        );
+        // Counts are per nonce: the second starts afresh.
+        assert_eq!(credentials(&mut auth, t0, &t, &second, "00000001"), ok);
+    }
+
+    #[test]
+    fn nonce_whose_slot_was_reused_is_stale_not_replayable() {
+        let t = TokenSource::new([7; 32]);
+        let t0 = origin();
+        let mut auth = Authenticator::new(AuthPolicy::default(), t0);
+        auth.nonce_slots = 4;
+        let old = auth.new_nonce(t0, &t);
+        let ok = Verdict::Authenticated("alice".into());
+        assert_eq!(credentials(&mut auth, t0, &t, &old, "00000001"), ok);
+        let newer: Vec<String> = (0..4).map(|_| auth.new_nonce(t0, &t)).collect();
+        // The old nonce's slot now belongs to a newer nonce: its count is unknown.
+        assert_eq!(
+            credentials(&mut auth, t0, &t, &old, "00000002"),
+            Verdict::Stale
+        );
+        // The newer nonce in that slot starts from zero, not from the old count.
+        assert_eq!(credentials(&mut auth, t0, &t, &newer[3], "00000001"), ok);
+        assert_eq!(credentials(&mut auth, t0, &t, &newer[0], "00000001"), ok);
     }
 }

@@ -12,6 +12,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -207,7 +208,7 @@ pub enum CallError {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerTarget {
-    Server(String),
+    Server(Arc<str>),
     Client(String),
 }
 
@@ -223,9 +224,11 @@ pub struct Endpoint {
     tokens: TokenSource,
     auth: Authenticator,
     registrar: Registrar,
-    server_txs: HashMap<String, ServerTransaction>,
+    /// Keys are shared with the timer queue and the merge map, not copied: under a
+    /// registration storm tens of thousands of transactions wait out Timer J.
+    server_txs: HashMap<Arc<str>, ServerTransaction>,
     /// (Call-ID, From tag, CSeq, method) -> transaction key, for 482 (RFC 3261 8.2.2.2).
-    merged: HashMap<String, String>,
+    merged: HashMap<Arc<str>, Arc<str>>,
     client_txs: HashMap<String, ClientTransaction>,
     calls: HashMap<CallHandle, Call>,
     dialogs: HashMap<DialogKey, CallHandle>,
@@ -633,7 +636,7 @@ impl Endpoint {
             self.handle_ack(now, &req);
             return;
         }
-        let key = transaction_key(&req, &req.method);
+        let key: Arc<str> = transaction_key(&req, &req.method).into();
         if let Some(tx) = self.server_txs.get(&key) {
             // RFC 3261 17.2.1 / 17.2.2: a retransmission; resend the last response.
             if let Some(bytes) = tx.on_request_retransmission() {
@@ -651,19 +654,23 @@ impl Endpoint {
         // RFC 3261 8.2.2.2: same From tag, Call-ID and CSeq on a different transaction
         // without a To tag is a merged request.
         if req.to.tag().is_none() && req.method != Method::Cancel {
-            let merge_key = format!(
+            let merge_key: Arc<str> = format!(
                 "{}|{}|{}|{}",
                 req.call_id,
                 req.from.tag().unwrap_or_default(),
                 req.cseq.seq,
                 req.method
-            );
+            )
+            .into();
             match self.merged.get(&merge_key) {
                 Some(other) if *other != key && self.server_txs.contains_key(other) => {
                     self.respond(now, &key, &req, 482, None, &[], None);
                     return;
                 }
                 _ => {
+                    if let Some(tx) = self.server_txs.get_mut(&key) {
+                        tx.merge_key = Some(merge_key.clone());
+                    }
                     self.merged.insert(merge_key, key.clone());
                 }
             }
@@ -810,7 +817,7 @@ impl Endpoint {
 
     fn handle_cancel(&mut self, now: Instant, key: &str, req: &Request) {
         let invite_key = transaction_key(req, &Method::Invite);
-        let Some(invite_tx) = self.server_txs.get(&invite_key) else {
+        let Some(invite_tx) = self.server_txs.get(invite_key.as_str()) else {
             // RFC 3261 9.2: no matching transaction.
             self.respond(now, key, req, 481, None, &[], None);
             return;
@@ -839,7 +846,7 @@ impl Endpoint {
     fn handle_ack(&mut self, now: Instant, req: &Request) {
         let key = transaction_key(req, &Method::Invite);
         let timers = self.config.timers;
-        if let Some(tx) = self.server_txs.get_mut(&key) {
+        if let Some(tx) = self.server_txs.get_mut(key.as_str()) {
             if tx.state == crate::transaction::ServerState::Completed {
                 tx.on_ack(now, &timers);
                 self.schedule_server(&key);
@@ -858,7 +865,7 @@ impl Endpoint {
         }
         c.progress = InviteProgress::Idle;
         let (tx_key, initial, hangup) = (c.invite_tx.clone(), c.initial, c.hangup_after_ack);
-        if let Some(tx) = self.server_txs.get_mut(&tx_key) {
+        if let Some(tx) = self.server_txs.get_mut(tx_key.as_str()) {
             tx.on_ack(now, &timers);
         }
         self.schedule_server(&tx_key);
@@ -1107,7 +1114,7 @@ impl Endpoint {
     }
 
     fn challenge(&mut self, now: Instant, key: &str, req: &Request, realm: &str, stale: bool) {
-        let values = self.auth.challenge(now, realm, stale, &mut self.tokens);
+        let values = self.auth.challenge(now, realm, stale, &self.tokens);
         let headers: Vec<(&str, String)> = values
             .into_iter()
             .map(|v| ("WWW-Authenticate", v))
@@ -1440,11 +1447,12 @@ impl Endpoint {
     }
 
     fn schedule_server(&mut self, key: &str) {
-        let Some(tx) = self.server_txs.get(key) else {
-            return;
-        };
-        if let Some(at) = tx.deadline() {
-            self.push_timer(at, TimerTarget::Server(key.to_string()));
+        let due = self
+            .server_txs
+            .get_key_value(key)
+            .and_then(|(key, tx)| Some((tx.deadline()?, key.clone())));
+        if let Some((at, key)) = due {
+            self.push_timer(at, TimerTarget::Server(key));
         }
     }
 
@@ -1472,8 +1480,11 @@ impl Endpoint {
             self.send(route, bytes);
         }
         if terminated {
-            self.server_txs.remove(key);
-            self.merged.retain(|_, v| v != key);
+            if let Some(merge_key) = self.server_txs.remove(key).and_then(|tx| tx.merge_key) {
+                if self.merged.get(&merge_key).is_some_and(|k| **k == *key) {
+                    self.merged.remove(&merge_key);
+                }
+            }
             if out.ack_timeout {
                 if let Some(handle) = call {
                     let awaiting_ack = self.calls.get(&handle).is_some_and(|c| {

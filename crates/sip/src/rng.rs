@@ -12,7 +12,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// predicted without the seed.
 #[derive(Clone)]
 pub struct TokenSource {
-    key: [u8; 32],
+    /// HMAC already keyed with the seed: cloning it skips hashing the key pads on every
+    /// MAC (half the SHA-256 blocks of a short message).
+    keyed: HmacSha256,
     counter: u64,
 }
 
@@ -27,15 +29,15 @@ impl std::fmt::Debug for TokenSource {
 impl TokenSource {
     pub fn new(seed: [u8; 32]) -> Self {
         Self {
-            key: seed,
+            keyed: <HmacSha256 as Mac>::new_from_slice(&seed)
+                .expect("HMAC accepts keys of any length"),
             counter: 0,
         }
     }
 
     /// The MAC of `parts` under the seed, for authenticating nonces.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key)
-            .expect("HMAC accepts keys of any length");
+        let mut mac = self.keyed.clone();
         for p in parts {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);

@@ -84,6 +84,8 @@ pub struct ServerTransaction {
     pub state: ServerState,
     pub route: Route,
     pub call: Option<CallHandle>,
+    /// The request's merge key (RFC 3261 8.2.2.2), removed with the transaction.
+    pub merge_key: Option<std::sync::Arc<str>>,
     last_response: Option<(u16, Vec<u8>)>,
     retransmit_at: Option<Instant>,
     interval: Duration,
@@ -101,6 +103,7 @@ impl ServerTransaction {
             },
             route,
             call: None,
+            merge_key: None,
             last_response: None,
             retransmit_at: None,
             interval: Duration::ZERO,
