@@ -1113,13 +1113,42 @@ impl Endpoint {
         }
     }
 
+    /// Answers 401 statelessly, as RFC 3261 26.3.2.4 recommends toward unauthenticated
+    /// requests: one response, no retransmission, and no transaction left behind. A
+    /// retransmitted request gets a fresh challenge with the same To tag (derived from
+    /// the transaction key), and a flood of unauthenticated requests costs no memory; a
+    /// transaction would otherwise live for Timer J (32 s on UDP) holding its 401.
     fn challenge(&mut self, now: Instant, key: &str, req: &Request, realm: &str, stale: bool) {
+        let Some(tx) = self.forget_server_transaction(key) else {
+            return;
+        };
         let values = self.auth.challenge(now, realm, stale, &self.tokens);
         let headers: Vec<(&str, String)> = values
             .into_iter()
             .map(|v| ("WWW-Authenticate", v))
             .collect();
-        self.respond(now, key, req, 401, None, &headers, None);
+        let to_tag = req.to.tag().is_none().then(|| self.derived_tag(key));
+        let bytes = build_response(
+            req,
+            401,
+            to_tag.as_ref(),
+            &headers,
+            None,
+            tx.route.destination,
+            &self.config.user_agent,
+        );
+        self.send(tx.route, bytes);
+    }
+
+    /// Removes a server transaction and its entry in the merged-request map.
+    fn forget_server_transaction(&mut self, key: &str) -> Option<ServerTransaction> {
+        let tx = self.server_txs.remove(key)?;
+        if let Some(merge_key) = &tx.merge_key {
+            if self.merged.get(merge_key).is_some_and(|k| **k == *key) {
+                self.merged.remove(merge_key);
+            }
+        }
+        Some(tx)
     }
 
     fn handle_invite(
@@ -1480,11 +1509,7 @@ impl Endpoint {
             self.send(route, bytes);
         }
         if terminated {
-            if let Some(merge_key) = self.server_txs.remove(key).and_then(|tx| tx.merge_key) {
-                if self.merged.get(&merge_key).is_some_and(|k| **k == *key) {
-                    self.merged.remove(&merge_key);
-                }
-            }
+            self.forget_server_transaction(key);
             if out.ack_timeout {
                 if let Some(handle) = call {
                     let awaiting_ack = self.calls.get(&handle).is_some_and(|c| {

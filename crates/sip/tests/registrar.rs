@@ -662,3 +662,34 @@ fn stream_framer_feeds_endpoint_and_reports_oversize() {
     ep.handle_framing_error(now, uac.addr, Transport::Tcp, &err);
     assert_eq!(statuses(&drain(&mut ep)), vec![513]);
 }
+
+/// RFC 3261 26.3.2.4: unauthenticated requests are challenged statelessly. The 401
+/// leaves no transaction behind (a storm of them costs no memory), and a retransmitted
+/// request is challenged again with the same To tag and a fresh nonce.
+#[test]
+fn challenge_leaves_no_transaction_and_answers_retransmissions_afresh() {
+    let mut now = t0();
+    let mut ep = Endpoint::new(config(), now);
+    let mut uac = Uac::new("alice", "wonderland", "198.51.100.7:5060");
+    let request = uac.register(&[contact(&uac, "")]);
+    let first = send(&mut ep, now, uac.addr, &request);
+    assert_eq!(first.status, 401);
+    assert_eq!(ep.transaction_count(), (0, 0), "no state for a challenge");
+    // Nothing is retransmitted: the phone retransmits if the 401 is lost.
+    let until = now + Duration::from_secs(5);
+    let later = run_until(&mut ep, &mut now, until);
+    assert!(later.is_empty(), "the 401 is sent once: {later:?}");
+    let again = send(&mut ep, now, uac.addr, &request);
+    assert_eq!(again.status, 401);
+    assert_eq!(again.to.tag(), first.to.tag(), "same request, same To tag");
+    assert_ne!(nonce_of(&again), nonce_of(&first));
+    // Either challenge can be answered.
+    let auth = uac.authorization(&first, "REGISTER", &format!("sip:{SWITCH}"));
+    let ok = send(
+        &mut ep,
+        now,
+        uac.addr,
+        &uac.register(&[contact(&uac, ""), auth]),
+    );
+    assert_eq!(ok.status, 200);
+}
