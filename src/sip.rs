@@ -53,9 +53,9 @@ pub enum CallNotice {
 /// Input of the endpoint task.
 #[derive(Debug)]
 pub enum Input {
-    Message {
+    /// A message framed from a TCP connection (UDP is read by the endpoint task itself).
+    TcpMessage {
         source: SocketAddr,
-        transport: Transport,
         bytes: Vec<u8>,
     },
     FramingError {
@@ -232,13 +232,10 @@ impl EndpointTask {
             let Some(input) = input else { break };
             let now = Instant::now();
             match input {
-                Input::Message {
-                    source,
-                    transport,
-                    bytes,
-                } => self
-                    .endpoint
-                    .handle_datagram(now, source, transport, &bytes),
+                Input::TcpMessage { source, bytes } => {
+                    self.endpoint
+                        .handle_datagram(now, source, Transport::Tcp, &bytes)
+                }
                 Input::FramingError { source, error } => {
                     self.endpoint
                         .handle_framing_error(now, source, Transport::Tcp, &error);
@@ -446,9 +443,8 @@ async fn tcp_connection(
         loop {
             match framer.pop() {
                 Ok(Some(Frame::Message(bytes))) => {
-                    let input = Input::Message {
+                    let input = Input::TcpMessage {
                         source: peer,
-                        transport: Transport::Tcp,
                         bytes,
                     };
                     if tx.send(input).await.is_err() {
