@@ -16,23 +16,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use sofia_media::MediaSession;
 use sofia_voice::{
-    Action, BreakerState, CallInfo, ClipId, Conversation, Event, HangUpReason, PlaybackProgress,
-    Stage, Stt, Tts, TurnRecord,
+    Action, BreakerState, CallInfo, ClipId, Conversation, Event, HangUpReason, Memory,
+    PlaybackProgress, Recollection, Stage, Stt, Tts, TurnRecord,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Profile;
+use crate::memory::service::{MemoryConfig, MemoryService};
 use crate::metrics::{AgentState, Metrics};
 use crate::models::catalog::whisper_ggml;
 use crate::voice::{
-    InFlight, LanceMemory, MediaCommand, OpenAiConfig, OpenAiLlm, PiperTts, PromptCache, SileroVad,
-    StageResult, Stages, VadStream, VoiceModels, WhisperConfig, WhisperStt, WorkerPool,
+    InFlight, MediaCommand, OpenAiConfig, OpenAiLlm, PiperTts, PromptCache, SileroVad, StageResult,
+    Stages, VadStream, VoiceModels, WhisperConfig, WhisperStt, WorkerPool,
 };
 
-/// Turns of a caller's earlier calls handed to the conversation (and so to the reply
-/// step) at the start of a call.
-const RECALL_LIMIT: usize = 20;
+/// How long the start of a call waits for the caller's memory (already loaded at INVITE
+/// by [`Agent::prefetch`]; a first-time caller's is empty). Past it, the caller is
+/// greeted as new rather than kept waiting.
+const OPEN_BUDGET: Duration = Duration::from_millis(400);
 
 /// The voice agent's shared, loaded parts.
 pub struct Agent {
@@ -41,7 +43,18 @@ pub struct Agent {
     config: sofia_voice::Config,
     /// `<data_dir>/transcripts`: one text file per call.
     transcripts: PathBuf,
+    /// How long a turn's reply waits for recall by the meaning of the caller's words
+    /// (embedding plus search, tens of ms). Past it, the reply goes without.
+    recall_budget: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// The memory's behaviour from the profile's `[memory]` section.
+pub fn memory_config(settings: &crate::config::MemorySettings) -> MemoryConfig {
+    let mut config = MemoryConfig::default();
+    config.forget.retention_days = settings.retention_days;
+    config.forget.keep_recent = settings.keep_recent_turns as usize;
+    config
 }
 
 impl Agent {
@@ -66,7 +79,12 @@ impl Agent {
             &models.onnxruntime,
         )?;
         let prompts = PromptCache::synthesize(&tts).context("synthesizing the fixed prompts")?;
-        let memory = LanceMemory::open(&profile.data_dir).context("opening the memory")?;
+        let memory = MemoryService::open(
+            &profile.data_dir.join("memory"),
+            &models.minilm_dir,
+            memory_config(&profile.memory),
+        )
+        .context("opening the memory")?;
         let transcripts = profile.data_dir.join("transcripts");
         std::fs::create_dir_all(&transcripts)
             .with_context(|| format!("creating {}", transcripts.display()))?;
@@ -106,7 +124,7 @@ impl Agent {
                 stt: Arc::new(stt) as Arc<dyn Stt>,
                 tts: Arc::new(tts) as Arc<dyn Tts>,
                 llm,
-                memory: Arc::new(memory),
+                memory: Arc::new(memory) as Arc<dyn Memory>,
                 prompts: Arc::new(prompts),
                 stt_pool: Arc::new(stt_pool),
                 tts_pool: Arc::new(tts_pool),
@@ -114,6 +132,7 @@ impl Agent {
             vad: Arc::new(vad),
             config,
             transcripts,
+            recall_budget: Duration::from_millis(profile.memory.recall_budget_ms.into()),
             metrics,
         })
     }
@@ -130,20 +149,45 @@ impl Agent {
         }
     }
 
-    /// Starts the conversation of an answered call: recalls what the caller said in
-    /// earlier calls and queues the greeting.
+    /// Waits until memory has written everything queued (shutdown). Blocking.
+    pub fn flush_memory(&self) {
+        self.stages.memory.flush();
+    }
+
+    /// Loads the caller's memory in the background, ahead of answering their call.
+    pub fn prefetch(&self, caller: &str) {
+        let memory = Arc::clone(&self.stages.memory);
+        let caller = caller.to_string();
+        tokio::task::spawn_blocking(move || memory.prefetch(&caller));
+    }
+
+    /// Starts the conversation of an answered call: recalls the caller's facts and the
+    /// episode to greet them with (within [`OPEN_BUDGET`]), and queues the greeting.
     pub async fn start_call(self: &Arc<Self>, caller: &str, call_id: &str) -> AgentCall {
-        let remembered = match self.stages.memory.recall_async(caller, RECALL_LIMIT).await {
-            Ok(turns) => turns,
-            Err(e) => {
+        let unix_ms = unix_ms_now();
+        let memory = Arc::clone(&self.stages.memory);
+        let (who, call) = (caller.to_string(), call_id.to_string());
+        let opened = tokio::time::timeout(
+            OPEN_BUDGET,
+            tokio::task::spawn_blocking(move || memory.open_call(&who, &call, unix_ms)),
+        )
+        .await;
+        let remembered = match opened {
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(e))) => {
                 // A call without memory is better than no call.
                 warn!(error = %e, "could not recall {caller}'s earlier calls");
-                Vec::new()
+                Recollection::default()
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "memory recall panicked");
+                Recollection::default()
+            }
+            Err(_) => {
+                warn!("{caller}'s memory was not ready within {OPEN_BUDGET:?}; greeting as new");
+                Recollection::default()
             }
         };
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         let info = CallInfo {
             caller: caller.to_string(),
             call_id: call_id.to_string(),
@@ -152,8 +196,8 @@ impl Agent {
         };
         if !remembered.is_empty() {
             info!(
-                "agent call from {caller}: {} turns remembered",
-                remembered.len()
+                "agent call from {caller}: returning caller ({} facts remembered)",
+                remembered.facts.len()
             );
         }
         let (results_tx, results) = mpsc::unbounded_channel();
@@ -164,6 +208,8 @@ impl Agent {
                 file_safe(call_id)
             )),
             agent: Arc::clone(self),
+            caller: caller.to_string(),
+            call_id: call_id.to_string(),
             conversation: Conversation::new(self.config.clone(), info, remembered),
             vad: VadStream::new(),
             in_flight: InFlight::default(),
@@ -222,6 +268,8 @@ impl AgentSlot {
 /// One call's conversation and the plumbing around it.
 pub struct AgentCall {
     agent: Arc<Agent>,
+    caller: String,
+    call_id: String,
     /// The call's transcript file, appended to as turns are committed to memory.
     transcript: PathBuf,
     conversation: Conversation,
@@ -240,8 +288,48 @@ impl AgentCall {
         self.results.recv().await
     }
 
+    /// A stage result. A transcript with words first goes to memory: recall by their
+    /// meaning runs off the call task, and the transcript reaches the conversation with
+    /// what was recalled, or without it after the profile's `memory.recall_budget_ms`.
     pub fn handle_result(&mut self, now: Instant, result: StageResult) {
-        result.apply(&mut self.conversation, now);
+        match result {
+            StageResult::Transcript {
+                turn,
+                result: Ok(transcript),
+            } if !transcript.text.trim().is_empty() => {
+                let memory = Arc::clone(&self.agent.stages.memory);
+                let tx = self.results_tx.clone();
+                let caller = self.caller.clone();
+                let query = transcript.text.clone();
+                let now_ms = unix_ms_now();
+                let budget = self.agent.recall_budget;
+                tokio::spawn(async move {
+                    let recalled = tokio::time::timeout(
+                        budget,
+                        tokio::task::spawn_blocking(move || memory.recall(&caller, &query, now_ms)),
+                    )
+                    .await;
+                    let recollection = match recalled {
+                        Ok(Ok(Ok(r))) => Some(r),
+                        Ok(Ok(Err(e))) => {
+                            warn!(error = %e, "recall failed; answering without it");
+                            None
+                        }
+                        Ok(Err(_)) => None,
+                        Err(_) => {
+                            debug!("recall missed its {budget:?} budget; answering without it");
+                            None
+                        }
+                    };
+                    let _ = tx.send(StageResult::Recalled {
+                        turn,
+                        transcript,
+                        recollection,
+                    });
+                });
+            }
+            other => other.apply(&mut self.conversation, now),
+        }
     }
 
     /// One frame of decoded caller audio at 16 kHz.
@@ -261,10 +349,19 @@ impl AgentCall {
         self.conversation.handle_dtmf(now, digit);
     }
 
-    /// The caller hung up: what was played is remembered.
-    pub fn handle_hangup(&mut self, now: Instant) {
+    /// The call is over, however it ended (their BYE, ours, shutdown, RTP timeout, the
+    /// time limit): what was played is remembered and memory closes the call.
+    pub fn finish(&mut self, now: Instant) {
         self.conversation.handle_hangup(now);
         self.drain_actions(now, None);
+        if let Err(e) = self
+            .agent
+            .stages
+            .memory
+            .close_call(&self.caller, &self.call_id)
+        {
+            warn!(error = %e, "could not close the call in memory");
+        }
     }
 
     /// When [`AgentCall::drive`] has timer work next.
@@ -390,7 +487,7 @@ impl AgentCall {
 
 /// `text` with anything but ASCII letters, digits, `-`, `_` and `.` replaced by `_`:
 /// Call-IDs and user names come from the network.
-fn file_safe(text: &str) -> String {
+pub fn file_safe(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || "-_.".contains(c) {
@@ -400,6 +497,13 @@ fn file_safe(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Wall-clock time in Unix milliseconds.
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Drop for AgentCall {

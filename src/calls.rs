@@ -128,7 +128,11 @@ async fn start_call(
     };
     let agent = match application {
         Application::Agent => match layer.agent.get() {
-            Ok(agent) => Some(agent),
+            Ok(agent) => {
+                // Memory loads while the call is set up, not after it is answered.
+                agent.prefetch(&caller_id(&incoming));
+                Some(agent)
+            }
             Err(why) => {
                 // Refused honestly (Temporarily Unavailable) rather than answered with
                 // silence.
@@ -331,8 +335,8 @@ impl CallTask {
         let ended = self
             .media_loop(&mut session, &mut events, agent.as_mut())
             .await;
-        if let (true, Some(agent)) = (ended, agent.as_mut()) {
-            agent.handle_hangup(Instant::now());
+        if let Some(agent) = agent.as_mut() {
+            agent.finish(Instant::now());
         }
         if !ended {
             self.endpoint.command(self.call, CallCommand::Hangup).await;

@@ -50,6 +50,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// What the agent remembers about its callers: list, show, search, forget, export,
+    /// consolidate, bench.
+    Memory {
+        /// The profile (TOML) [default: $SOFIA_CONFIG, else sip-profiles/default.toml].
+        #[arg(long, value_name = "PATH", global = true)]
+        config: Option<PathBuf>,
+        /// Where memory lives [default: the profile's data dir].
+        #[arg(long, value_name = "DIR", global = true)]
+        data_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        command: crate::memory::cli::MemoryCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +126,29 @@ pub fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }
+        }
+        Command::Memory {
+            config,
+            data_dir,
+            command,
+        } => memory_command(config, data_dir, command),
+    }
+}
+
+fn memory_command(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    command: crate::memory::cli::MemoryCommand,
+) -> ExitCode {
+    let profile = match load_profile(config, data_dir) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match crate::memory::cli::run(&profile, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sofia-phone: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

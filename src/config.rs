@@ -268,6 +268,18 @@ pub struct AgentSettings {
     pub llm_timeout_secs: u32,
 }
 
+/// What the agent remembers and for how long (`[memory]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemorySettings {
+    /// Everything older than this many days is deleted; `None` keeps memories until
+    /// they fade (forgetting) or `memory forget` removes them.
+    pub retention_days: Option<u32>,
+    /// The caller's most recent turns, never pruned by forgetting.
+    pub keep_recent_turns: u32,
+    /// How long a reply waits for recall by meaning before it goes without.
+    pub recall_budget_ms: u32,
+}
+
 /// A validated profile with every override applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -283,6 +295,7 @@ pub struct Profile {
     pub models_dir: PathBuf,
     pub whisper_model: WhisperModel,
     pub agent: AgentSettings,
+    pub memory: MemorySettings,
     pub users: Vec<User>,
     pub dialplan: Vec<Route>,
 }
@@ -318,6 +331,8 @@ struct ProfileFile {
     stt: SttFile,
     #[serde(default)]
     agent: AgentFile,
+    #[serde(default)]
+    memory: MemoryFile,
     #[serde(default)]
     users: BTreeMap<String, UserFile>,
     #[serde(default)]
@@ -487,6 +502,24 @@ impl Default for AgentFile {
             llm_model: "llama3.2".to_string(),
             llm_api_key: String::new(),
             llm_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct MemoryFile {
+    retention_days: u32,
+    keep_recent_turns: u32,
+    recall_budget_ms: u32,
+}
+
+impl Default for MemoryFile {
+    fn default() -> Self {
+        MemoryFile {
+            retention_days: 0,
+            keep_recent_turns: 500,
+            recall_budget_ms: 150,
         }
     }
 }
@@ -816,6 +849,7 @@ fn validate(
         .unwrap_or_else(|| data_dir.join("models"));
 
     let agent = agent_settings(origin, file.agent, env)?;
+    let memory = memory_settings(origin, file.memory)?;
 
     // Users.
     let users = match env.var("SOFIA_USERS") {
@@ -890,8 +924,41 @@ fn validate(
         models_dir,
         whisper_model: file.stt.model,
         agent,
+        memory,
         users,
         dialplan,
+    })
+}
+
+fn memory_settings(origin: &str, file: MemoryFile) -> Result<MemorySettings, ConfigError> {
+    if file.retention_days > 36_500 {
+        return Err(error(
+            origin,
+            "memory.retention_days",
+            format!("{} days is more than a century", file.retention_days),
+            "use a number of days up to 36500, or 0 to keep memories until they fade",
+        ));
+    }
+    if file.keep_recent_turns > 1_000_000 {
+        return Err(error(
+            origin,
+            "memory.keep_recent_turns",
+            format!("{} is outside 0-1000000", file.keep_recent_turns),
+            "use a number of turns from 0 to 1000000",
+        ));
+    }
+    if !(10..=2000).contains(&file.recall_budget_ms) {
+        return Err(error(
+            origin,
+            "memory.recall_budget_ms",
+            format!("{} ms is outside 10-2000", file.recall_budget_ms),
+            "use a value from 10 to 2000 ms (recall takes tens of ms; longer delays replies)",
+        ));
+    }
+    Ok(MemorySettings {
+        retention_days: (file.retention_days > 0).then_some(file.retention_days),
+        keep_recent_turns: file.keep_recent_turns,
+        recall_budget_ms: file.recall_budget_ms,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod credentials;
 pub mod http;
 pub mod media;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod serve;

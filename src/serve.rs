@@ -193,7 +193,7 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         endpoint: handle.clone(),
         ports,
         media_ip: media_ip(&profile),
-        agent,
+        agent: agent.clone(),
         metrics,
     };
     let (lifecycle, lifecycle_rx) = tokio::sync::watch::channel(Lifecycle::Running);
@@ -223,6 +223,16 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
             .is_err()
         {
             calls.abort();
+        }
+    }
+    // Every call has ended and queued its close: wait until memory has written them.
+    if let Ok(agent) = agent.get() {
+        let flushed = tokio::task::spawn_blocking(move || agent.flush_memory());
+        if tokio::time::timeout(Duration::from_secs(20), flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("memory did not finish writing within 20 s; its journal keeps the rest");
         }
     }
     handle.shutdown().await;

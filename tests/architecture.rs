@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-const CORES: &[&str] = &["sofia-sip", "sofia-media", "sofia-voice"];
+const CORES: &[&str] = &["sofia-sip", "sofia-media", "sofia-voice", "sofia-memory"];
 const FORBIDDEN: &[&str] = &[
     "tokio",
     "whisper-rs",
@@ -12,6 +12,8 @@ const FORBIDDEN: &[&str] = &[
     "lancedb",
     "arrow",
     "mio",
+    "candle-core",
+    "tokenizers",
 ];
 
 #[test]

@@ -64,7 +64,7 @@ fn describe(action: &Action) -> String {
         Action::Generate { turn, request } => format!(
             "Generate turn={} remembered={} history={:?}",
             turn.0,
-            request.remembered.len(),
+            request.memory.turns.len(),
             request.caller_text()
         ),
         Action::CancelGenerate { turn } => format!("CancelGenerate turn={}", turn.0),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sofia_phone::voice::{OpenAiConfig, OpenAiLlm};
-use sofia_voice::{GenerateRequest, Llm, Message, Role, StageError, TurnRecord};
+use sofia_voice::{GenerateRequest, Llm, Message, Recollection, Remembered, Role, StageError};
 
 /// What the server does with the one request it takes.
 enum Reply {
@@ -149,13 +149,17 @@ fn request() -> GenerateRequest {
     GenerateRequest {
         caller: "1001".into(),
         call_id: "call-2".into(),
-        remembered: vec![TurnRecord {
-            caller: "1001".into(),
-            call_id: "call-1".into(),
-            unix_ms: 1,
-            role: Role::Caller,
-            text: "I need to fix my bike before Saturday.".into(),
-        }],
+        unix_ms: 1_700_000_000_000,
+        memory: Recollection {
+            turns: vec![Remembered {
+                role: Role::Caller,
+                text: "I need to fix my bike before Saturday.".into(),
+                unix_ms: 1_699_900_000_000,
+                call_id: "call-1".into(),
+                score: 1.0,
+            }],
+            ..Recollection::default()
+        },
         history: vec![
             Message {
                 role: Role::Agent,
@@ -295,7 +299,7 @@ fn break_stops_reading() {
 #[test]
 fn first_call_prompt_says_nothing_is_remembered() {
     let mut req = request();
-    req.remembered.clear();
+    req.memory = Recollection::default();
     let system = sofia_phone::voice::llm::system_prompt(&req);
     assert!(
         system.contains("Nothing yet: this is their first call."),

@@ -7,10 +7,9 @@ mod voice_support;
 
 use std::time::{Duration, Instant};
 
-use sofia_phone::voice::{
-    LanceMemory, PiperTts, SileroVad, VadStream, VoiceModels, WhisperConfig, WhisperStt,
-};
-use sofia_voice::{Action, Config, SpeechStats, Stt};
+use sofia_phone::memory::service::{MemoryConfig, MemoryService};
+use sofia_phone::voice::{PiperTts, SileroVad, VadStream, VoiceModels, WhisperConfig, WhisperStt};
+use sofia_voice::{Action, Config, Memory, SpeechStats, Stt};
 use voice_support::audio::{self, espeak, missing_words, models_dir, resample, RATE};
 use voice_support::{Harness, ScriptedLlm, FRAME_SAMPLES};
 
@@ -40,7 +39,15 @@ fn caller_is_heard_answered_and_remembered_on_the_next_call() {
     .expect("piper");
     let llm = ScriptedLlm::default(); // unused: no endpoint configured
     let data = tempfile::tempdir().expect("tempdir");
-    let memory = LanceMemory::open(data.path()).expect("memory");
+    let open = || {
+        MemoryService::open(
+            &data.path().join("memory"),
+            &models.minilm_dir,
+            MemoryConfig::default(),
+        )
+        .expect("memory")
+    };
+    let memory = open();
 
     // First call.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -105,9 +112,11 @@ fn caller_is_heard_answered_and_remembered_on_the_next_call() {
         );
     }
 
-    // The process restarts: reopen the memory, call again.
+    // The call ends; the process restarts: reopen the memory, call again.
+    memory.close_call("1001", "call-1").expect("close");
+    memory.flush();
     drop(memory);
-    let memory = LanceMemory::open(data.path()).expect("reopen memory");
+    let memory = open();
     let mut h = Harness::new(
         Config::default(),
         Instant::now(),

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sofia_voice::{
-    Action, Audio, ClipId, Conversation, HangUpReason, ReplyChunk, StageError, Stt, Transcript,
-    Tts, TurnId,
+    Action, Audio, ClipId, Conversation, HangUpReason, Memory, Recollection, ReplyChunk,
+    StageError, Stt, Transcript, Tts, TurnId,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
-use crate::voice::{LanceMemory, OpenAiLlm, PromptCache, WorkerPool};
+use crate::voice::{OpenAiLlm, PromptCache, WorkerPool};
 
 /// A stage's answer, to be fed back into the call's `Conversation`.
 #[derive(Debug)]
@@ -35,6 +35,12 @@ pub enum StageResult {
         clip: ClipId,
         result: Result<Audio, StageError>,
     },
+    /// A transcript, with what memory recalled for its words (None: not in time).
+    Recalled {
+        turn: TurnId,
+        transcript: Transcript,
+        recollection: Option<Recollection>,
+    },
 }
 
 impl StageResult {
@@ -45,6 +51,16 @@ impl StageResult {
             }
             StageResult::Reply { turn, chunk } => conversation.handle_reply_text(now, turn, chunk),
             StageResult::Audio { clip, result } => conversation.handle_tts_audio(now, clip, result),
+            StageResult::Recalled {
+                turn,
+                transcript,
+                recollection,
+            } => {
+                if let Some(r) = recollection {
+                    conversation.set_recollection(r);
+                }
+                conversation.handle_transcript(now, turn, Ok(transcript))
+            }
         }
     }
 }
@@ -68,7 +84,7 @@ pub struct Stages {
     pub stt: Arc<dyn Stt>,
     pub tts: Arc<dyn Tts>,
     pub llm: Option<Arc<OpenAiLlm>>,
-    pub memory: Arc<LanceMemory>,
+    pub memory: Arc<dyn Memory>,
     pub prompts: Arc<PromptCache>,
     pub stt_pool: Arc<WorkerPool>,
     pub tts_pool: Arc<WorkerPool>,
@@ -189,12 +205,10 @@ impl Stages {
             }
             Action::FlushPlayback => Some(MediaCommand::Flush),
             Action::Remember(turn) => {
-                let memory = Arc::clone(&self.memory);
-                tokio::spawn(async move {
-                    if let Err(e) = memory.remember_async(&turn).await {
-                        tracing::warn!(error = %e, "could not store a turn in memory");
-                    }
-                });
+                // Queues the turn to the memory's writer thread; never blocks.
+                if let Err(e) = self.memory.remember(&turn) {
+                    tracing::warn!(error = %e, "could not store a turn in memory");
+                }
                 None
             }
             Action::HangUp { reason } => Some(MediaCommand::HangUp(reason)),

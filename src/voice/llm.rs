@@ -59,24 +59,48 @@ sentences, with no lists, markdown, emoji or URLs. If you did not understand, sa
 ask the caller to repeat. Use what you remember about the caller when it helps, and never \
 invent memories.";
 
-/// The system prompt: the persona plus everything remembered about this caller.
+/// The system prompt: the persona plus what memory recalled for this turn: facts
+/// (dated, superseded ones marked), then earlier turns, best first.
 pub fn system_prompt(request: &GenerateRequest) -> String {
+    use sofia_memory::timecue::describe;
     let mut prompt = String::from(PERSONA);
-    prompt.push_str("\n\nWhat you remember about this caller from earlier calls:\n");
-    let caller_turns: Vec<_> = request
-        .remembered
+    prompt.push_str(
+        "\n\nWhat you remember about this caller from earlier calls, most relevant first:\n",
+    );
+    let memory = &request.memory;
+    let earlier: Vec<_> = memory
+        .turns
         .iter()
         .filter(|t| t.call_id != request.call_id)
         .collect();
-    if caller_turns.is_empty() {
+    if memory.name.is_none() && memory.facts.is_empty() && earlier.is_empty() {
         prompt.push_str("- Nothing yet: this is their first call.\n");
     }
-    for t in caller_turns {
-        let who = match t.role {
-            Role::Caller => "The caller said",
-            Role::Agent => "You said",
+    if let Some(name) = &memory.name {
+        prompt.push_str(&format!("- Their name is {name}.\n"));
+    }
+    for f in &memory.facts {
+        let mark = if f.superseded {
+            " (no longer true: a later fact replaced it)"
+        } else {
+            ""
         };
-        prompt.push_str(&format!("- {who}: {}\n", t.text));
+        prompt.push_str(&format!(
+            "- Fact, said {}: {}{mark}\n",
+            describe(f.unix_ms, request.unix_ms),
+            f.text
+        ));
+    }
+    for t in earlier {
+        let who = match t.role {
+            Role::Caller => "the caller said",
+            Role::Agent => "you said",
+        };
+        prompt.push_str(&format!(
+            "- {}, {who}: {}\n",
+            describe(t.unix_ms, request.unix_ms),
+            t.text
+        ));
     }
     prompt
 }

@@ -1,6 +1,6 @@
 //! The real voice stages behind the `sofia-voice` traits, and what they need to run:
 //! Whisper speech-to-text, Piper text-to-speech, the Silero voice activity detector,
-//! LanceDB memory, the OpenAI-compatible language-model client, the bounded worker pool
+//! the OpenAI-compatible language-model client, the bounded worker pool
 //! the CPU-heavy stages run on, and the cache of fixed prompts.
 //!
 //! Nothing here decides anything about a conversation; that is `sofia_voice::Conversation`.
@@ -8,7 +8,6 @@
 
 pub mod dispatch;
 pub mod llm;
-pub mod memory;
 pub mod models;
 pub mod piper;
 pub mod pool;
@@ -19,7 +18,6 @@ pub mod whisper;
 
 pub use dispatch::{InFlight, MediaCommand, StageResult, Stages};
 pub use llm::{OpenAiConfig, OpenAiLlm};
-pub use memory::LanceMemory;
 pub use models::VoiceModels;
 pub use piper::PiperTts;
 pub use pool::WorkerPool;

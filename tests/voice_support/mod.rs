@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use sofia_voice::{
     Action, Audio, CallInfo, ClipId, Config, Conversation, Event, GenerateRequest, HangUpReason,
-    Llm, Memory, PlaybackProgress, Prompt, ReplyChunk, SpeechStats, StageError, State, Stt,
-    Transcript, Tts, TurnId, TurnRecord,
+    Llm, Memory, PlaybackProgress, Prompt, Recollection, Remembered, ReplyChunk, Role, SpeechStats,
+    StageError, State, Stt, Transcript, Tts, TurnId, TurnRecord,
 };
 
 pub const FRAME: Duration = Duration::from_millis(20);
@@ -136,24 +136,74 @@ impl Tts for FakeTts {
     }
 }
 
-/// Memory in a vector.
+/// Memory in a vector: a test double for the conversation's state machine. It recalls
+/// every turn of the caller's earlier calls and greets with the last thing they said.
 #[derive(Default)]
 pub struct VecMemory {
     pub turns: Mutex<Vec<TurnRecord>>,
 }
 
-impl Memory for VecMemory {
-    fn recall(&self, caller: &str, limit: usize) -> Result<Vec<TurnRecord>, StageError> {
+impl VecMemory {
+    fn earlier(&self, caller: &str, call_id: &str) -> Vec<Remembered> {
         let turns = self.turns.lock().unwrap();
-        let mine: Vec<TurnRecord> = turns
+        turns
             .iter()
-            .filter(|t| t.caller == caller)
-            .cloned()
-            .collect();
-        Ok(mine[mine.len().saturating_sub(limit)..].to_vec())
+            .filter(|t| t.caller == caller && t.call_id != call_id)
+            .map(|t| Remembered {
+                role: t.role,
+                text: t.text.clone(),
+                unix_ms: t.unix_ms,
+                call_id: t.call_id.clone(),
+                score: 1.0,
+            })
+            .collect()
+    }
+}
+
+impl Memory for VecMemory {
+    fn open_call(
+        &self,
+        caller: &str,
+        call_id: &str,
+        _now_ms: i64,
+    ) -> Result<Recollection, StageError> {
+        let earlier = self.earlier(caller, call_id);
+        // Names as the real memory's consolidation finds them: an answer to "your name?".
+        let mut name = None;
+        let mut asked = false;
+        for t in &earlier {
+            match t.role {
+                Role::Agent => asked = t.text.to_lowercase().contains("your name"),
+                Role::Caller => {
+                    if let Some(n) = sofia_voice::text::extract_name(&t.text, asked) {
+                        name = Some(n);
+                    }
+                }
+            }
+        }
+        let last_topic = earlier
+            .iter()
+            .rev()
+            .find(|t| t.role == Role::Caller && t.text.split_whitespace().count() >= 3)
+            .cloned();
+        Ok(Recollection {
+            name,
+            last_topic,
+            turns: earlier,
+            ..Recollection::default()
+        })
+    }
+    fn recall(&self, caller: &str, _query: &str, _now_ms: i64) -> Result<Recollection, StageError> {
+        Ok(Recollection {
+            turns: self.earlier(caller, ""),
+            ..Recollection::default()
+        })
     }
     fn remember(&self, turn: &TurnRecord) -> Result<(), StageError> {
         self.turns.lock().unwrap().push(turn.clone());
+        Ok(())
+    }
+    fn close_call(&self, _caller: &str, _call_id: &str) -> Result<(), StageError> {
         Ok(())
     }
 }
@@ -187,6 +237,8 @@ pub struct Harness<'a> {
     pub events: Vec<(Duration, Event)>,
     pub hung_up: bool,
     pub caller: String,
+    /// Every turn the conversation asked memory to store, in order.
+    pub remembered: Vec<TurnRecord>,
 }
 
 pub fn call_info(origin: Instant, caller: &str, call_id: &str) -> CallInfo {
@@ -207,8 +259,11 @@ impl<'a> Harness<'a> {
         stages: (&'a dyn Stt, &'a dyn Llm, &'a dyn Tts, &'a dyn Memory),
     ) -> Self {
         let (stt, llm, tts, memory) = stages;
-        let remembered = memory.recall(caller, 50).expect("recall");
-        let conv = Conversation::new(cfg, call_info(origin, caller, call_id), remembered);
+        let info = call_info(origin, caller, call_id);
+        let recollection = memory
+            .open_call(caller, call_id, info.started_unix_ms)
+            .expect("open_call");
+        let conv = Conversation::new(cfg, info, recollection);
         let mut h = Self {
             conv,
             now: origin,
@@ -226,6 +281,7 @@ impl<'a> Harness<'a> {
             events: Vec::new(),
             hung_up: false,
             caller: caller.to_string(),
+            remembered: Vec::new(),
         };
         h.drain();
         h
@@ -292,7 +348,10 @@ impl<'a> Harness<'a> {
                     Due::Audio(..) => true,
                 });
             }
-            Action::Remember(turn) => self.memory.remember(&turn).expect("remember"),
+            Action::Remember(turn) => {
+                self.memory.remember(&turn).expect("remember");
+                self.remembered.push(turn);
+            }
             Action::HangUp { .. } => self.hung_up = true,
         }
     }
@@ -305,7 +364,19 @@ impl<'a> Harness<'a> {
             };
             let (_, due) = self.due.remove(i);
             match due {
-                Due::Transcript(turn, r) => self.conv.handle_transcript(now, turn, r),
+                Due::Transcript(turn, r) => {
+                    // As the shell does: recall by the meaning of the words first.
+                    if let Ok(t) = &r {
+                        if !t.text.is_empty() {
+                            let now_ms = 1_700_000_000_000 + (now - self.origin).as_millis() as i64;
+                            if let Ok(recalled) = self.memory.recall(&self.caller, &t.text, now_ms)
+                            {
+                                self.conv.set_recollection(recalled);
+                            }
+                        }
+                    }
+                    self.conv.handle_transcript(now, turn, r)
+                }
                 Due::Reply(turn, c) => self.conv.handle_reply_text(now, turn, c),
                 Due::Audio(clip, r) => self.conv.handle_tts_audio(now, clip, r),
             }
@@ -415,12 +486,10 @@ impl<'a> Harness<'a> {
 
     /// Texts the agent remembered saying, in order.
     pub fn agent_memory(&self) -> Vec<String> {
-        self.memory
-            .recall(&self.caller, usize::MAX)
-            .expect("recall")
-            .into_iter()
+        self.remembered
+            .iter()
             .filter(|t| t.role == sofia_voice::Role::Agent)
-            .map(|t| t.text)
+            .map(|t| t.text.clone())
             .collect()
     }
 }

@@ -13,7 +13,8 @@ use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::responder;
 use crate::splitter::SentenceSplitter;
 use crate::stage::{
-    Audio, GenerateRequest, Message, Role, SpeechStats, StageError, Transcript, TurnRecord,
+    Audio, GenerateRequest, Message, Recollection, Role, SpeechStats, StageError, Transcript,
+    TurnRecord,
 };
 use crate::text;
 
@@ -359,6 +360,8 @@ struct Reply {
     /// The caller's words this answers, committed to memory when the answer starts.
     caller_text: Option<String>,
     caller_committed: bool,
+    /// Whether what is played goes into memory (not for the greeting).
+    remember_played: bool,
     timings: TurnTimings,
 }
 
@@ -388,7 +391,8 @@ struct Pending {
 pub struct Conversation {
     cfg: Config,
     call: CallInfo,
-    remembered: Vec<TurnRecord>,
+    /// What memory recalled: at call start, then refreshed for each caller turn.
+    memory: Recollection,
     state: State,
     history: Vec<Message>,
     pre_roll: VecDeque<f32>,
@@ -425,9 +429,9 @@ fn duration_of(n: usize) -> Duration {
 }
 
 impl Conversation {
-    /// Starts a call that has just been answered: queues the greeting. `remembered` is
-    /// what [`Memory::recall`](crate::Memory::recall) returned for this caller.
-    pub fn new(cfg: Config, call: CallInfo, remembered: Vec<TurnRecord>) -> Self {
+    /// Starts a call that has just been answered: queues the greeting. `memory` is what
+    /// [`Memory::open_call`](crate::Memory::open_call) returned for this caller.
+    pub fn new(cfg: Config, call: CallInfo, memory: Recollection) -> Self {
         let now = call.started;
         let mut c = Self {
             stt_breaker: CircuitBreaker::new(cfg.stt_breaker),
@@ -435,7 +439,7 @@ impl Conversation {
             tts_breaker: CircuitBreaker::new(cfg.tts_breaker),
             cfg,
             call,
-            remembered,
+            memory,
             state: State::Listening,
             history: Vec::new(),
             pre_roll: VecDeque::new(),
@@ -456,8 +460,10 @@ impl Conversation {
             events: VecDeque::new(),
         };
         let turn = c.new_turn();
-        let greeting = responder::greeting(&c.remembered);
+        let greeting = responder::greeting(&c.memory, c.call.started_unix_ms);
         let mut reply = c.new_reply(turn, TurnTimings::new(turn));
+        // The greeting is made from memory; storing it would feed memory its own words.
+        reply.remember_played = false;
         if greeting == Prompt::Greeting.text() {
             c.push_prompt_clip(&mut reply, Prompt::Greeting);
         } else {
@@ -848,7 +854,7 @@ impl Conversation {
         if text::is_goodbye(&text) {
             reply.hang_up = Some(HangUpReason::Goodbye);
         }
-        let request = self.request(&text);
+        let request = self.request(now, &text);
         if self.cfg.use_llm && self.llm_breaker.try_acquire(now) {
             reply.llm = LlmPhase::Waiting {
                 first_deadline: now + self.cfg.llm_first_text_timeout,
@@ -881,7 +887,7 @@ impl Conversation {
         reply.text_done = true;
     }
 
-    fn request(&self, caller_text: &str) -> GenerateRequest {
+    fn request(&self, now: Instant, caller_text: &str) -> GenerateRequest {
         let mut history: Vec<Message> = self
             .history
             .iter()
@@ -895,7 +901,8 @@ impl Conversation {
         GenerateRequest {
             caller: self.call.caller.clone(),
             call_id: self.call.call_id.clone(),
-            remembered: self.remembered.clone(),
+            unix_ms: self.unix_ms(now),
+            memory: self.memory.clone(),
             history,
         }
     }
@@ -949,7 +956,7 @@ impl Conversation {
         if reply.timings.first_text.is_none() {
             self.events
                 .push_back(Event::FallbackReply { turn: reply.turn });
-            let request = self.request(reply.caller_text.as_deref().unwrap_or(""));
+            let request = self.request(now, reply.caller_text.as_deref().unwrap_or(""));
             self.builtin_reply(now, reply, &request);
         } else {
             self.end_llm_text(reply);
@@ -1204,6 +1211,7 @@ impl Conversation {
             fell_back: false,
             caller_text: None,
             caller_committed: false,
+            remember_played: true,
             timings,
         }
     }
@@ -1383,18 +1391,41 @@ impl Conversation {
                 role: Role::Agent,
                 text: played.clone(),
             });
-            let record = self.record_of(now, Role::Agent, played);
+        }
+        // Memory keeps what the agent said in answer, never canned prompts (greeting,
+        // reprompts, apologies, goodbyes): those would crowd out the caller's words.
+        let answered: Vec<String> = reply
+            .clips
+            .iter()
+            .filter(|c| matches!(c.source, ClipSource::Tts))
+            .filter_map(played_text)
+            .collect();
+        let answered = answered.join(" ");
+        if reply.remember_played && !answered.is_empty() {
+            let record = self.record_of(now, Role::Agent, answered);
             self.push_action(Action::Remember(record));
         }
         self.events.push_back(Event::TurnFinished(reply.timings));
     }
 
-    fn record_of(&self, now: Instant, role: Role, text: String) -> TurnRecord {
+    fn unix_ms(&self, now: Instant) -> i64 {
         let offset = now.saturating_duration_since(self.call.started);
+        self.call.started_unix_ms + offset.as_millis() as i64
+    }
+
+    /// What memory recalled for the caller's newest words (the shell asks for it when a
+    /// transcript arrives, within a time budget). Name and greeting topic are kept.
+    pub fn set_recollection(&mut self, recalled: Recollection) {
+        let Recollection { facts, turns, .. } = recalled;
+        self.memory.facts = facts;
+        self.memory.turns = turns;
+    }
+
+    fn record_of(&self, now: Instant, role: Role, text: String) -> TurnRecord {
         TurnRecord {
             caller: self.call.caller.clone(),
             call_id: self.call.call_id.clone(),
-            unix_ms: self.call.started_unix_ms + offset.as_millis() as i64,
+            unix_ms: self.unix_ms(now),
             role,
             text,
         }

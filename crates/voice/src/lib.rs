@@ -23,6 +23,6 @@ pub use conversation::{
 };
 pub use splitter::SentenceSplitter;
 pub use stage::{
-    Audio, GenerateRequest, Llm, Memory, Message, Role, SpeechStats, StageError, Stt, Transcript,
-    Tts, TurnRecord,
+    Audio, GenerateRequest, Llm, Memory, Message, Recollection, Remembered, RememberedFact, Role,
+    SpeechStats, StageError, Stt, Transcript, Tts, TurnRecord,
 };

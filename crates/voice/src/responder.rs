@@ -4,7 +4,7 @@
 //! the endpoint fails. It greets, learns the caller's name, says back what it heard,
 //! answers "what did I tell you last time?" from memory and ends the call on "bye".
 
-use crate::stage::{GenerateRequest, Role, TurnRecord};
+use crate::stage::{GenerateRequest, Recollection, Remembered, RememberedFact, Role};
 use crate::text;
 
 /// The greeting for a first-time caller. Fixed, so it can be synthesized once and cached.
@@ -26,49 +26,9 @@ impl Reply {
     }
 }
 
-/// What the responder knows about a caller, distilled from remembered turns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallerFacts {
-    pub name: Option<String>,
-    /// Substantive things the caller said in earlier calls, most recent last.
-    pub topics: Vec<String>,
-}
-
-impl CallerFacts {
-    /// Reads name and topics out of remembered turns (oldest first).
-    pub fn from_memory(remembered: &[TurnRecord]) -> Self {
-        let mut facts = Self::default();
-        let mut last_agent = "";
-        for turn in remembered {
-            match turn.role {
-                Role::Agent => last_agent = &turn.text,
-                Role::Caller => {
-                    let asked = asks_name(last_agent);
-                    if let Some(name) = text::extract_name(&turn.text, asked) {
-                        facts.name = Some(name);
-                    } else if is_substantive(&turn.text) {
-                        facts.topics.push(turn.text.clone());
-                    }
-                }
-            }
-        }
-        facts
-    }
-}
-
 fn asks_name(agent_text: &str) -> bool {
     let w = agent_text.to_lowercase();
     w.contains("your name") && w.contains('?')
-}
-
-/// Worth remembering as a topic: not a name, a goodbye, a question about memory, a
-/// keypress, and at least three words.
-fn is_substantive(text: &str) -> bool {
-    !text::is_goodbye(text)
-        && !text::asks_about_last_time(text)
-        && !text::asks_own_name(text)
-        && !text.starts_with("[DTMF")
-        && text::words(text).len() >= 3
 }
 
 /// "about X" if the caller said what it was about, else "that <their words turned round>".
@@ -85,31 +45,104 @@ fn topic_phrase(said: &str) -> String {
     format!("that {turned}")
 }
 
-/// The first words of a call.
-pub fn greeting(remembered: &[TurnRecord]) -> String {
-    let facts = CallerFacts::from_memory(remembered);
-    let has_history = remembered.iter().any(|t| t.role == Role::Caller);
-    if !has_history {
+/// The first words of a call: a returning caller is welcomed by name with the most
+/// salient thing from their last call.
+pub fn greeting(memory: &Recollection, now_ms: i64) -> String {
+    if memory.is_empty() {
         return NEW_CALLER_GREETING.to_string();
     }
-    let who = facts
+    let who = memory
         .name
         .as_deref()
         .map(|n| format!(", {n}"))
         .unwrap_or_default();
-    match facts.topics.last() {
+    match &memory.last_topic {
         Some(topic) => format!(
-            "Welcome back{who}! Last time you told me {}. How can I help you today?",
-            topic_phrase(topic)
+            "Welcome back{who}! {} you told me {}. How can I help you today?",
+            when_said(topic.unix_ms, now_ms, true),
+            topic_phrase(&topic.text)
         ),
         None => format!("Welcome back{who}! How can I help you today?"),
+    }
+}
+
+/// "Last time" for the greeting, else the memory's date ("On Monday", "On 8 May").
+fn when_said(unix_ms: i64, now_ms: i64, last_time: bool) -> String {
+    if last_time {
+        return "Last time".to_string();
+    }
+    let d = sofia_memory::timecue::describe(unix_ms, now_ms);
+    let mut c = d.chars();
+    match c.next() {
+        Some(f) if d.starts_with("on ") || d == "today" || d == "yesterday" => {
+            f.to_uppercase().collect::<String>() + c.as_str()
+        }
+        _ => format!("On {d}"),
+    }
+}
+
+/// The best remembered words of the caller from an earlier call.
+fn best_caller_memory(request: &GenerateRequest) -> Option<&Remembered> {
+    request
+        .memory
+        .turns
+        .iter()
+        .filter(|t| t.role == Role::Caller && t.call_id != request.call_id)
+        .find(|t| !text::asks_about_last_time(&t.text) && !is_memory_question(&t.text))
+}
+
+/// "what did I tell you about X", "do you remember X", "when did I ...": answered from
+/// the recalled turns themselves.
+fn is_memory_question(said: &str) -> bool {
+    let w = said.to_lowercase();
+    (w.contains("did i ") && (w.contains("tell you") || w.contains("say") || w.contains("mention")))
+        || w.contains("do you remember")
+        || w.starts_with("when did i")
+        || w.starts_with("remind me what")
+}
+
+/// Answers a question about a slot the caller told us ("where do I live?") from facts.
+fn answer_from_facts(request: &GenerateRequest, said: &str) -> Option<String> {
+    let (slot, wants_history) = sofia_memory::facts::question_slot(said)?;
+    let of_slot = |f: &&RememberedFact| f.slot == slot || f.slot.starts_with(&format!("{slot}:"));
+    let current: Vec<&RememberedFact> = request
+        .memory
+        .facts
+        .iter()
+        .filter(of_slot)
+        .filter(|f| !f.superseded)
+        .collect();
+    let earlier: Vec<&RememberedFact> = request
+        .memory
+        .facts
+        .iter()
+        .filter(of_slot)
+        .filter(|f| f.superseded)
+        .collect();
+    if wants_history {
+        let before = earlier.iter().max_by_key(|f| f.unix_ms)?;
+        let now = current
+            .first()
+            .map(|f| format!(" Now: {}", f.text))
+            .unwrap_or_default();
+        return Some(format!("Before that, {}{now}", lower_first(&before.text)));
+    }
+    let fact = current.first()?;
+    Some(fact.text.clone())
+}
+
+fn lower_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => String::new(),
     }
 }
 
 /// The reply to the caller's newest turn.
 pub fn reply(request: &GenerateRequest) -> Reply {
     let said = request.caller_text().trim();
-    let mut facts = CallerFacts::from_memory(&request.remembered);
+    let mut name = request.memory.name.clone();
     // Names given earlier in this call count too.
     let mut last_agent = "";
     let mut asked_name_this_call = false;
@@ -122,14 +155,13 @@ pub fn reply(request: &GenerateRequest) -> Reply {
             }
             Role::Caller if i + 1 < turns => {
                 if let Some(n) = text::extract_name(&m.text, asks_name(last_agent)) {
-                    facts.name = Some(n);
+                    name = Some(n);
                 }
             }
             Role::Caller => {}
         }
     }
-    let name_suffix = facts
-        .name
+    let name_suffix = name
         .as_deref()
         .map(|n| format!(", {n}"))
         .unwrap_or_default();
@@ -149,21 +181,36 @@ pub fn reply(request: &GenerateRequest) -> Reply {
             hang_up: true,
         };
     }
-    if text::asks_about_last_time(said) {
-        return Reply::say(match facts.topics.as_slice() {
-            [] => "I don't have anything from an earlier call with you yet.".to_string(),
-            [only] => format!("Last time you told me {}.", topic_phrase(only)),
-            [.., before, last] => format!(
-                "Last time you told me {}. Before that, you told me {}.",
-                topic_phrase(last),
-                topic_phrase(before)
-            ),
-        });
-    }
     if text::asks_own_name(said) {
-        return Reply::say(match &facts.name {
+        return Reply::say(match &name {
             Some(n) => format!("Your name is {n}."),
             None => "You haven't told me your name yet. What is it?".to_string(),
+        });
+    }
+    if let Some(answer) = answer_from_facts(request, said) {
+        return Reply::say(answer);
+    }
+    if text::asks_about_last_time(said) {
+        return Reply::say(match &request.memory.last_topic {
+            Some(topic) => format!("Last time you told me {}.", topic_phrase(&topic.text)),
+            None => match best_caller_memory(request) {
+                Some(t) => format!(
+                    "{} you told me {}.",
+                    when_said(t.unix_ms, request.unix_ms, false),
+                    topic_phrase(&t.text)
+                ),
+                None => "I don't have anything from an earlier call with you yet.".to_string(),
+            },
+        });
+    }
+    if is_memory_question(said) {
+        return Reply::say(match best_caller_memory(request) {
+            Some(t) => format!(
+                "{} you told me {}.",
+                when_said(t.unix_ms, request.unix_ms, false),
+                topic_phrase(&t.text)
+            ),
+            None => "I don't remember you telling me about that.".to_string(),
         });
     }
     if let Some(name) = text::extract_name(said, asks_name(last_agent)) {
@@ -179,7 +226,7 @@ pub fn reply(request: &GenerateRequest) -> Reply {
         ));
     }
     let restated = format!("You said {}.", text::second_person(said));
-    if facts.name.is_none() && !asked_name_this_call {
+    if name.is_none() && !asked_name_this_call {
         return Reply::say(format!(
             "{restated} I'll remember that. By the way, what's your name?"
         ));
@@ -194,21 +241,36 @@ mod tests {
     use super::*;
     use crate::stage::Message;
 
-    fn turn(role: Role, text: &str) -> TurnRecord {
-        TurnRecord {
-            caller: "1001".into(),
-            call_id: "a".into(),
-            unix_ms: 0,
-            role,
+    const DAY: i64 = 86_400_000;
+    /// Thursday 1 June 2023, noon UTC.
+    const NOW: i64 = 1_685_620_800_000;
+
+    fn said(text: &str, days_ago: i64) -> Remembered {
+        Remembered {
+            role: Role::Caller,
             text: text.into(),
+            unix_ms: NOW - days_ago * DAY,
+            call_id: "a".into(),
+            score: 1.0,
         }
     }
 
-    fn request(remembered: Vec<TurnRecord>, history: &[(Role, &str)]) -> GenerateRequest {
+    fn fact(slot: &str, value: &str, text: &str, superseded: bool) -> RememberedFact {
+        RememberedFact {
+            slot: slot.into(),
+            value: value.into(),
+            text: text.into(),
+            unix_ms: NOW - 3 * DAY,
+            superseded,
+        }
+    }
+
+    fn request(memory: Recollection, history: &[(Role, &str)]) -> GenerateRequest {
         GenerateRequest {
             caller: "1001".into(),
             call_id: "b".into(),
-            remembered,
+            unix_ms: NOW,
+            memory,
             history: history
                 .iter()
                 .map(|(role, text)| Message {
@@ -221,15 +283,14 @@ mod tests {
 
     #[test]
     fn greets_new_and_returning_callers() {
-        assert_eq!(greeting(&[]), NEW_CALLER_GREETING);
-        let memory = vec![
-            turn(Role::Agent, NEW_CALLER_GREETING),
-            turn(Role::Caller, "I need to fix my bike before Saturday."),
-            turn(Role::Agent, "You said ... By the way, what's your name?"),
-            turn(Role::Caller, "Ada."),
-        ];
+        assert_eq!(greeting(&Recollection::default(), NOW), NEW_CALLER_GREETING);
+        let memory = Recollection {
+            name: Some("Ada".into()),
+            last_topic: Some(said("I need to fix my bike before Saturday.", 2)),
+            ..Recollection::default()
+        };
         assert_eq!(
-            greeting(&memory),
+            greeting(&memory, NOW),
             "Welcome back, Ada! Last time you told me that you need to fix your bike before Saturday. How can I help you today?"
         );
     }
@@ -237,7 +298,7 @@ mod tests {
     #[test]
     fn restates_asks_name_and_answers_from_memory() {
         let r = reply(&request(
-            vec![],
+            Recollection::default(),
             &[(Role::Caller, "I am calling about my broken printer.")],
         ));
         assert_eq!(
@@ -245,12 +306,15 @@ mod tests {
             "You said you are calling about your broken printer. I'll remember that. By the way, what's your name?"
         );
         let r = reply(&request(
-            vec![],
+            Recollection::default(),
             &[(Role::Agent, r.text.as_str()), (Role::Caller, "Grace.")],
         ));
         assert_eq!(r.text, "Nice to meet you, Grace! How can I help you?");
 
-        let memory = vec![turn(Role::Caller, "I am calling about my broken printer.")];
+        let memory = Recollection {
+            last_topic: Some(said("I am calling about my broken printer.", 7)),
+            ..Recollection::default()
+        };
         let r = reply(&request(
             memory,
             &[(Role::Caller, "What did I tell you last time?")],
@@ -259,11 +323,62 @@ mod tests {
     }
 
     #[test]
+    fn answers_what_did_i_tell_you_from_the_recalled_turn_with_its_date() {
+        let memory = Recollection {
+            turns: vec![
+                said("The plumber is coming on Thursday to fix the sink.", 3),
+                said("I like tea.", 1),
+            ],
+            ..Recollection::default()
+        };
+        let r = reply(&request(
+            memory,
+            &[(Role::Caller, "What did I tell you about the plumber?")],
+        ));
+        assert_eq!(
+            r.text,
+            "On Monday you told me that the plumber is coming on Thursday to fix the sink."
+        );
+        let r = reply(&request(
+            Recollection::default(),
+            &[(Role::Caller, "What did I tell you about the plumber?")],
+        ));
+        assert_eq!(r.text, "I don't remember you telling me about that.");
+    }
+
+    #[test]
+    fn answers_where_i_live_from_the_fact_in_force_and_before_from_the_superseded_one() {
+        let memory = Recollection {
+            facts: vec![
+                fact("home", "Berlin", "You live in Berlin.", false),
+                fact("home", "Paris", "You lived in Paris.", true),
+            ],
+            ..Recollection::default()
+        };
+        let r = reply(&request(
+            memory.clone(),
+            &[(Role::Caller, "Where do I live?")],
+        ));
+        assert_eq!(r.text, "You live in Berlin.");
+        let r = reply(&request(
+            memory,
+            &[(Role::Caller, "Where did I live before?")],
+        ));
+        assert_eq!(
+            r.text,
+            "Before that, you lived in Paris. Now: You live in Berlin."
+        );
+    }
+
+    #[test]
     fn answers_presence_checks_and_notes_questions() {
-        let r = reply(&request(vec![], &[(Role::Caller, "Are you there?")]));
+        let r = reply(&request(
+            Recollection::default(),
+            &[(Role::Caller, "Are you there?")],
+        ));
         assert_eq!(r.text, "Yes, I'm here. How can I help you?");
         let r = reply(&request(
-            vec![],
+            Recollection::default(),
             &[(Role::Caller, "When do you open on Sunday?")],
         ));
         assert_eq!(
@@ -274,7 +389,7 @@ mod tests {
 
     #[test]
     fn says_goodbye_and_hangs_up() {
-        let r = reply(&request(vec![], &[(Role::Caller, "Bye!")]));
+        let r = reply(&request(Recollection::default(), &[(Role::Caller, "Bye!")]));
         assert!(r.hang_up);
         assert_eq!(r.text, "Goodbye! Thanks for calling.");
     }

@@ -119,14 +119,62 @@ pub struct Message {
     pub text: String,
 }
 
+/// What memory brought back for a call or a turn: facts about the caller and earlier
+/// turns, ranked and dated. Empty for a first-time caller (or when memory is down).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Recollection {
+    /// The caller's name, when they gave it in an earlier call.
+    pub name: Option<String>,
+    /// What to mention in the greeting: the most salient episode of their last call.
+    pub last_topic: Option<Remembered>,
+    /// Facts about the caller, best first (superseded ones marked, only when asked).
+    pub facts: Vec<RememberedFact>,
+    /// Earlier turns that bear on what the caller just said, best first.
+    pub turns: Vec<Remembered>,
+}
+
+impl Recollection {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.last_topic.is_none()
+            && self.facts.is_empty()
+            && self.turns.is_empty()
+    }
+}
+
+/// Something said in an earlier call (or earlier in this one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remembered {
+    pub role: Role,
+    pub text: String,
+    pub unix_ms: i64,
+    pub call_id: String,
+    /// Relevance, higher is better (comparable within one recollection only).
+    pub score: f32,
+}
+
+/// A consolidated fact: one value of one slot ("home" = "Berlin").
+#[derive(Debug, Clone, PartialEq)]
+pub struct RememberedFact {
+    pub slot: String,
+    pub value: String,
+    /// A sentence about the caller: "You live in Berlin."
+    pub text: String,
+    pub unix_ms: i64,
+    /// A later fact replaced it ("I moved from Paris to Berlin").
+    pub superseded: bool,
+}
+
 /// Everything the reply step needs: what the caller said now, earlier in this call, and
-/// what is remembered from earlier calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// what memory recalled for it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerateRequest {
     pub caller: String,
     pub call_id: String,
-    /// Turns remembered from this caller's earlier calls, oldest first.
-    pub remembered: Vec<TurnRecord>,
+    /// Wall-clock time of the request (Unix ms), for dating memories.
+    pub unix_ms: i64,
+    /// What memory recalled: at call start, then for the caller's newest words.
+    pub memory: Recollection,
     /// This call so far, oldest first; the last entry is the caller's new turn.
     pub history: Vec<Message>,
 }
@@ -162,9 +210,24 @@ pub trait Tts: Send + Sync {
     fn synthesize(&self, text: &str) -> Result<Audio, StageError>;
 }
 
-/// Per-caller memory of earlier turns.
+/// The caller's memory as the conversation needs it. Implementations must answer within
+/// their own time budget: these are called from the shell off the call's media loop.
 pub trait Memory: Send + Sync {
-    /// The caller's most recent `limit` turns, oldest first.
-    fn recall(&self, caller: &str, limit: usize) -> Result<Vec<TurnRecord>, StageError>;
+    /// Gets ready for a call from `caller` (loads what `open_call` will need). Blocking.
+    fn prefetch(&self, _caller: &str) {}
+    /// At call start: the caller's name, facts and the episode to greet with.
+    fn open_call(
+        &self,
+        caller: &str,
+        call_id: &str,
+        now_ms: i64,
+    ) -> Result<Recollection, StageError>;
+    /// What bears on `query` (the caller's newest words).
+    fn recall(&self, caller: &str, query: &str, now_ms: i64) -> Result<Recollection, StageError>;
+    /// Stores a turn (durably before it returns, or queued to a writer that is).
     fn remember(&self, turn: &TurnRecord) -> Result<(), StageError>;
+    /// The call is over, however it ended: its turns are written and consolidated.
+    fn close_call(&self, caller: &str, call_id: &str) -> Result<(), StageError>;
+    /// Returns once everything queued is stored (shutdown). Blocking.
+    fn flush(&self) {}
 }
