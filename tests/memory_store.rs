@@ -147,7 +147,10 @@ async fn round_trip_of_all_four_record_kinds() {
 
     // Each table got its caller index with its first rows.
     for table in ["turns", "episodes", "facts", "callers"] {
-        let indices = dir.path().join("memory").join(format!("{table}.lance/_indices"));
+        let indices = dir
+            .path()
+            .join("memory")
+            .join(format!("{table}.lance/_indices"));
         let n = std::fs::read_dir(&indices).map_or(0, |d| d.count());
         assert!(n > 0, "no index under {}", indices.display());
     }

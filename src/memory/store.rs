@@ -481,7 +481,7 @@ fn read_models(batch: &RecordBatch) -> anyhow::Result<Vec<CallerModel>> {
 
 /// The records of `records` with distinct ids, the last of each id winning (a merge
 /// insert with two source rows for one key is undefined).
-fn last_by_id<'a, T>(records: &'a [T], id: impl Fn(&T) -> &str) -> Vec<&'a T> {
+fn last_by_id<T>(records: &[T], id: impl Fn(&T) -> &str) -> Vec<&T> {
     let mut position: HashMap<&str, usize> = HashMap::new();
     let mut out: Vec<&T> = Vec::with_capacity(records.len());
     for record in records {
@@ -682,7 +682,8 @@ impl LanceStore {
         self.ensure_index(i).await
     }
 
-    /// Applies one batch of one caller: upserts, then deletes, one commit per table touched.
+    /// Applies one batch of one caller, one commit per table touched (a merge insert that
+    /// also deletes, or a plain delete).
     /// A record of another caller, an id that is empty or holds a control character, or an
     /// embedding of the wrong size is an error and nothing is written.
     pub async fn write(&self, batch: WriteBatch) -> anyhow::Result<()> {
@@ -798,7 +799,7 @@ impl LanceStore {
                 .with_context(|| format!("optimising the indexes of {}", table.name()))?;
             table
                 .optimize(OptimizeAction::Prune {
-                    older_than: None,
+                    older_than: Some(lancedb::table::Duration::zero()),
                     delete_unverified: Some(true),
                     error_if_tagged_old_versions: Some(false),
                 })
