@@ -30,7 +30,12 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOFIA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // LanceDB logs every query plan at info: that is the memory's detail, not the switch's.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(
+                "info,lance=warn,lance_core=warn,lance_index=warn,lance_io=warn,lance_file=warn,lance_table=warn,lance_encoding=warn,lance_datafusion=warn,lancedb=warn",
+            )
+        });
     // Colour only on a terminal: logs collected by containers and tests stay plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()

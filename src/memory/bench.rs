@@ -1,4 +1,4 @@
-//! `sofia-phone memory bench`: a report, not a test. Two parts.
+//! `sofia-phone memory bench`: a report, not a test. Three parts.
 //!
 //! **Retrieval quality** on LoCoMo-format files: each conversation becomes one caller's
 //! call history (one session = one call, at its date). Turns are ingested as the agent
@@ -7,6 +7,14 @@
 //! fusion weights see the same signals they would in calls. Then every question with
 //! evidence is asked once per configuration; a question counts for recall@k when any of
 //! its evidence turns is among the first k turns returned, neighbours included.
+//!
+//! **Event segmentation** on conversations with known topic shifts (`--segments`, e.g.
+//! fixtures/memory/topic_shifts.json): each conversation's turns are embedded and
+//! segmented as a call is when it closes; boundary precision, recall and F1 at a
+//! tolerance of 0 and 1 turns, hits pooled over all conversations (micro-average), for
+//! the default segmentation, without refinement, and against baselines (a boundary every
+//! N turns, N the conversation's mean true segment length; a boundary at every turn;
+//! none).
 //!
 //! **Scale**: synthetic callers written through the LanceDB store up to `scale_turns`
 //! turns: ingest throughput, store size, and recall latency cold (load the caller from
@@ -17,8 +25,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
+use serde::Deserialize;
 use serde_json::Value;
 use sofia_memory::retrieve::RecallOptions;
+use sofia_memory::segment::{boundary_hits, segment, SegmentConfig};
 use sofia_memory::{CallerMemory, CallerModel, FusionWeights, NewTurn, Speaker, Turn, DAY_MS};
 
 use super::embed::MiniLm;
@@ -26,6 +36,8 @@ use super::store::{LanceStore, WriteBatch};
 
 pub struct BenchArgs {
     pub datasets: Vec<PathBuf>,
+    /// Conversations with labelled topic shifts (the segmentation part), if any.
+    pub segments: Option<PathBuf>,
     pub scale_turns: usize,
     pub scale_callers: usize,
     pub queries: usize,
@@ -38,8 +50,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if !args.datasets.is_empty() {
         quality(args, &embedder)?;
     }
+    if let Some(path) = &args.segments {
+        segmentation(path, &embedder)?;
+    }
     if args.scale_turns > 0 {
-        scale(args, &embedder)?;
+        let result = scale(args, &embedder);
+        // The synthetic store is the bench's own: never left in the data dir.
+        let _ = std::fs::remove_dir_all(&args.work_dir);
+        result?;
     }
     Ok(())
 }
@@ -508,6 +526,188 @@ fn run_variant(variant: &Variant, data: &[Embedded]) -> Tally {
 
 fn unix_ms_after(turns: usize, start: i64) -> i64 {
     start + turns as i64 * 30_000
+}
+
+// ---- segmentation ----------------------------------------------------------------------
+
+/// One conversation with labelled topic shifts (fixtures/memory/topic_shifts.json).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabelledCall {
+    pub name: String,
+    pub turns: Vec<LabelledTurn>,
+    /// Index of the turn where each new topic starts (ascending, never 0).
+    pub boundaries: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabelledTurn {
+    /// "caller" or "agent".
+    pub speaker: String,
+    pub text: String,
+}
+
+/// Reads a topic-shift file; every boundary must fall strictly inside its conversation.
+pub fn load_topic_shifts(path: &Path) -> anyhow::Result<Vec<LabelledCall>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let calls: Vec<LabelledCall> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a list of labelled conversations", path.display()))?;
+    for c in &calls {
+        let inside = c.boundaries.iter().all(|&b| b > 0 && b < c.turns.len());
+        let ascending = c.boundaries.windows(2).all(|w| w[0] < w[1]);
+        anyhow::ensure!(
+            inside && ascending,
+            "{}: {}: boundaries {:?} are not ascending turn indices in 1..{}",
+            path.display(),
+            c.name,
+            c.boundaries,
+            c.turns.len()
+        );
+    }
+    Ok(calls)
+}
+
+/// The fixed-length baseline: a boundary every N turns, N the conversation's mean true
+/// segment length, rounded (so it knows how many topics there are, not where they start).
+pub fn fixed_length_boundaries(turns: usize, truth: &[usize]) -> Vec<usize> {
+    let every = ((turns as f64 / (truth.len() + 1) as f64).round() as usize).max(1);
+    (1..)
+        .map(|k| k * every)
+        .take_while(|&b| b < turns)
+        .collect()
+}
+
+/// Boundary hits pooled over conversations: micro-averaged precision, recall and F1.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PooledHits {
+    pub hits: usize,
+    pub predicted: usize,
+    pub truth: usize,
+}
+
+impl PooledHits {
+    pub fn add(&mut self, predicted: &[usize], truth: &[usize], tolerance: usize) {
+        self.hits += boundary_hits(predicted, truth, tolerance);
+        self.predicted += predicted.len();
+        self.truth += truth.len();
+    }
+
+    /// (precision, recall, F1); 0 where undefined.
+    pub fn prf(&self) -> (f64, f64, f64) {
+        let p = self.hits as f64 / self.predicted.max(1) as f64;
+        let r = self.hits as f64 / self.truth.max(1) as f64;
+        let f1 = if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        };
+        (p, r, f1)
+    }
+}
+
+/// The segmentations the bench compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentMethod {
+    /// `segment` with `SegmentConfig::default()`: surprise, then modularity refinement.
+    Default,
+    /// The same without refinement (`refine: false`).
+    Unrefined,
+    /// [`fixed_length_boundaries`].
+    FixedLength,
+    /// A boundary before every turn but the first.
+    EveryTurn,
+    /// One event per call.
+    NoBoundaries,
+}
+
+impl SegmentMethod {
+    pub const ALL: [Self; 5] = [
+        Self::Default,
+        Self::Unrefined,
+        Self::FixedLength,
+        Self::EveryTurn,
+        Self::NoBoundaries,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "surprise + refinement (default)",
+            Self::Unrefined => "surprise only (refine: false)",
+            Self::FixedLength => "fixed length (mean true length)",
+            Self::EveryTurn => "a boundary at every turn",
+            Self::NoBoundaries => "no boundaries",
+        }
+    }
+
+    /// Predicted boundaries of a call; `truth` is used only by the fixed-length baseline.
+    pub fn boundaries(self, embeddings: &[&[f32]], truth: &[usize]) -> Vec<usize> {
+        match self {
+            Self::Default => segment(embeddings, &SegmentConfig::default()),
+            Self::Unrefined => segment(
+                embeddings,
+                &SegmentConfig {
+                    refine: false,
+                    ..SegmentConfig::default()
+                },
+            ),
+            Self::FixedLength => fixed_length_boundaries(embeddings.len(), truth),
+            Self::EveryTurn => (1..embeddings.len()).collect(),
+            Self::NoBoundaries => Vec::new(),
+        }
+    }
+}
+
+fn segmentation(path: &Path, embedder: &MiniLm) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let calls = load_topic_shifts(path)?;
+    let mut vectors = Vec::new();
+    for c in &calls {
+        let texts: Vec<&str> = c.turns.iter().map(|t| t.text.as_str()).collect();
+        vectors.push(embedder.embed(&texts)?);
+    }
+    let n_turns: usize = calls.iter().map(|c| c.turns.len()).sum();
+    let n_boundaries: usize = calls.iter().map(|c| c.boundaries.len()).sum();
+    println!();
+    println!(
+        "segmentation: {} conversations, {n_turns} turns, {n_boundaries} true boundaries in {} (embedded in {:.1} s)",
+        calls.len(),
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:<32} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "method", "predicted", "P@0", "R@0", "F1@0", "P@1", "R@1", "F1@1"
+    );
+    let mut per_call: Vec<Vec<Vec<usize>>> = Vec::new();
+    for method in SegmentMethod::ALL {
+        let mut pooled = [PooledHits::default(); 2];
+        let mut predictions = Vec::new();
+        for (c, v) in calls.iter().zip(&vectors) {
+            let refs: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
+            let predicted = method.boundaries(&refs, &c.boundaries);
+            for (tolerance, p) in pooled.iter_mut().enumerate() {
+                p.add(&predicted, &c.boundaries, tolerance);
+            }
+            predictions.push(predicted);
+        }
+        let (p0, r0, f0) = pooled[0].prf();
+        let (p1, r1, f1) = pooled[1].prf();
+        println!(
+            "{:<32} {:>9} {p0:>7.3} {r0:>7.3} {f0:>7.3} {p1:>7.3} {r1:>7.3} {f1:>7.3}",
+            method.name(),
+            pooled[0].predicted
+        );
+        per_call.push(predictions);
+    }
+    println!();
+    println!("boundaries per conversation (true; default; refine: false):");
+    for (i, c) in calls.iter().enumerate() {
+        println!(
+            "  {:<34} {:?}; {:?}; {:?}",
+            c.name, c.boundaries, per_call[0][i], per_call[1][i]
+        );
+    }
+    Ok(())
 }
 
 // ---- scale -----------------------------------------------------------------------------

@@ -32,11 +32,16 @@ pub enum MemoryCommand {
     Export { caller: String },
     /// Runs consolidation (facts from every stored call) again for every caller.
     Consolidate,
-    /// Retrieval quality on LoCoMo-format files and latency at scale (bench/memory.sh).
+    /// Retrieval quality on LoCoMo-format files, event segmentation on labelled topic
+    /// shifts, and latency at scale (bench/memory.sh).
     Bench {
         /// LoCoMo-format conversation files (JSON).
         #[arg(long = "dataset", value_name = "FILE")]
         datasets: Vec<PathBuf>,
+        /// Conversations with labelled topic shifts for the segmentation part (JSON, e.g.
+        /// fixtures/memory/topic_shifts.json).
+        #[arg(long, value_name = "FILE")]
+        segments: Option<PathBuf>,
         /// Largest synthetic store for the scale part, in turns (0: skip it).
         #[arg(long, default_value_t = 100_000)]
         scale_turns: usize,
@@ -53,6 +58,7 @@ pub fn run(profile: &Profile, command: MemoryCommand) -> anyhow::Result<()> {
     let minilm = profile.models_dir.join("minilm");
     if let MemoryCommand::Bench {
         datasets,
+        segments,
         scale_turns,
         scale_callers,
         queries,
@@ -60,6 +66,7 @@ pub fn run(profile: &Profile, command: MemoryCommand) -> anyhow::Result<()> {
     {
         return super::bench::run(&super::bench::BenchArgs {
             datasets,
+            segments,
             scale_turns,
             scale_callers,
             queries,

@@ -15,7 +15,7 @@
 //! - After each close: forgetting (see `sofia_memory::forget`) and, every
 //!   [`OPTIMIZE_EVERY`] closes, LanceDB compaction and pruning of old versions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sofia_memory::forget::ForgetPolicy;
 use sofia_memory::retrieve::{Recall, RecallOptions};
+use sofia_memory::working::Observed;
 use sofia_memory::{CallerMemory, CallerModel, NewTurn, Speaker};
 use sofia_voice::{Memory, Recollection, Remembered, RememberedFact, Role, StageError, TurnRecord};
 use tracing::{info, warn};
@@ -69,6 +71,8 @@ struct Cached {
     memory: CallerMemory,
     /// Calls of this caller not closed yet (the entry is not evicted meanwhile).
     open_calls: usize,
+    /// Stored turns that a repeat strengthened since the last close (written with it).
+    merged: BTreeSet<String>,
 }
 
 struct Inner {
@@ -261,6 +265,7 @@ impl Inner {
                 Cached {
                     memory,
                     open_calls: 0,
+                    merged: BTreeSet::new(),
                 },
             );
             cache.evict();
@@ -323,10 +328,21 @@ impl Inner {
         }
     }
 
+    /// One file per (caller, call): a readable prefix and a hash of the exact pair (the
+    /// prefix alone maps `%`, `_` and `ü` alike, and `a-b`+`c` like `a`+`b-c`).
     fn journal_path(&self, caller: &str, call_id: &str) -> PathBuf {
+        let mut hash = Sha256::new();
+        for part in [caller, call_id] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        let readable: String = crate::agent::file_safe(&format!("{caller}-{call_id}"))
+            .chars()
+            .take(64)
+            .collect();
         self.journal.join(format!(
-            "{}.jsonl",
-            crate::agent::file_safe(&format!("{caller}-{call_id}"))
+            "{readable}-{}.jsonl",
+            hex::encode(&hash.finalize()[..12])
         ))
     }
 
@@ -362,10 +378,18 @@ impl Inner {
             text: turn.text.clone(),
             embedding,
         };
-        self.with_caller(&turn.caller, |m| {
-            m.observe(new);
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        let observed = self
+            .with_caller(&turn.caller, |m| m.observe(new))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A repeat changes a turn of an earlier call, which that call's close will not
+        // write again: this caller's next close does.
+        if let Observed::Merged(t) = observed {
+            let mut cache = self.cache.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(entry) = cache.callers.get_mut(&turn.caller) {
+                entry.merged.insert(t.id);
+            }
+        }
+        Ok(())
     }
 
     /// Writes a finished call: its turns, episodes, facts and the caller's model in one
@@ -373,23 +397,49 @@ impl Inner {
     fn close(&self, caller: &str, call_id: &str) -> anyhow::Result<()> {
         let now_ms = crate::agent::unix_ms_now();
         let policy = self.config.forget.clone();
+        let merged = {
+            let mut cache = self.cache.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+            cache
+                .callers
+                .get_mut(caller)
+                .map(|entry| std::mem::take(&mut entry.merged))
+                .unwrap_or_default()
+        };
         let (close, consolidation, dirty, model, plan) = self
             .with_caller(caller, |m| {
                 let close = m.close_call(call_id);
                 let consolidation = m.consolidate(Some(call_id));
-                let dirty = m.take_dirty();
+                let mut dirty = m.take_dirty();
+                if !merged.is_empty() {
+                    let changed: Vec<_> = m
+                        .turns()
+                        .into_iter()
+                        .filter(|t| merged.contains(&t.id) && !dirty.iter().any(|d| d.id == t.id))
+                        .collect();
+                    dirty.extend(changed);
+                }
                 let plan = m.forget(now_ms, &policy);
                 (close, consolidation, dirty, m.model.clone(), plan)
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let facts = self.embed_facts(caller, consolidation.facts)?;
+        // What forgetting deletes now must not be written back by the same batch (the
+        // store upserts an id that is both deleted and upserted).
+        let gone = |ids: &[String]| -> HashSet<String> { ids.iter().cloned().collect() };
+        let (gone_turns, gone_episodes, gone_facts) =
+            (gone(&plan.turns), gone(&plan.episodes), gone(&plan.facts));
+        let mut facts = consolidation.facts;
+        facts.retain(|f| !gone_facts.contains(&f.id));
+        let facts = self.embed_facts(caller, facts)?;
         let mut turns = dirty;
         turns.retain(|t| !close.turns.iter().any(|c| c.id == t.id));
         turns.extend(close.turns);
+        turns.retain(|t| !gone_turns.contains(&t.id));
+        let mut episodes = close.episodes;
+        episodes.retain(|e| !gone_episodes.contains(&e.id));
         let batch = WriteBatch {
             caller: caller.to_string(),
             turns,
-            episodes: close.episodes,
+            episodes,
             facts,
             model: Some(model),
             delete_turns: plan.turns,
@@ -417,7 +467,9 @@ impl Inner {
         files.sort();
         for path in files {
             let text = std::fs::read_to_string(&path)?;
-            let mut call: Option<(String, String)> = None;
+            // One call per file; a file named before journal names were made unique may
+            // hold the calls of several callers whose names collided.
+            let mut calls: Vec<(String, String)> = Vec::new();
             let mut replayed = 0;
             for line in text.lines() {
                 // A torn last line (the crash hit mid-write) is the turn in flight.
@@ -445,16 +497,17 @@ impl Inner {
                     self.observe(&turn)?;
                     replayed += 1;
                 }
-                call = Some((l.caller, l.call_id));
-            }
-            match call {
-                Some((caller, call_id)) => {
-                    info!(
-                        "memory: replaying {replayed} journaled turns of {caller}'s call {call_id}"
-                    );
-                    self.close(&caller, &call_id)?;
+                if !calls.iter().any(|(c, i)| *c == l.caller && *i == l.call_id) {
+                    calls.push((l.caller, l.call_id));
                 }
-                None => std::fs::remove_file(&path)?,
+            }
+            for (caller, call_id) in &calls {
+                info!("memory: replayed {replayed} journaled turns; closing {caller}'s call {call_id}");
+                self.close(caller, call_id)?;
+            }
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
             }
         }
         Ok(())
