@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sofia_memory::forget::ForgetPolicy;
 use sofia_memory::retrieve::{Recall, RecallOptions};
-use sofia_memory::working::Observed;
 use sofia_memory::{CallerMemory, CallerModel, NewTurn, Speaker};
 use sofia_voice::{Memory, Recollection, Remembered, RememberedFact, Role, StageError, TurnRecord};
 use tracing::{info, warn};
@@ -69,10 +68,9 @@ impl Default for MemoryConfig {
 
 struct Cached {
     memory: CallerMemory,
-    /// Calls of this caller not closed yet (the entry is not evicted meanwhile).
-    open_calls: usize,
-    /// Stored turns that a repeat strengthened since the last close (written with it).
-    merged: BTreeSet<String>,
+    /// Calls of this caller opened or holding turns not yet written: the entry is not
+    /// evicted while any is left (its turns exist only here and in the journal).
+    open_calls: BTreeSet<String>,
 }
 
 struct Inner {
@@ -264,8 +262,7 @@ impl Inner {
                 caller.to_string(),
                 Cached {
                     memory,
-                    open_calls: 0,
-                    merged: BTreeSet::new(),
+                    open_calls: BTreeSet::new(),
                 },
             );
             cache.evict();
@@ -378,15 +375,21 @@ impl Inner {
             text: turn.text.clone(),
             embedding,
         };
-        let observed = self
-            .with_caller(&turn.caller, |m| m.observe(new))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // A repeat changes a turn of an earlier call, which that call's close will not
-        // write again: this caller's next close does.
-        if let Observed::Merged(t) = observed {
-            let mut cache = self.cache.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(entry) = cache.callers.get_mut(&turn.caller) {
-                entry.merged.insert(t.id);
+        self.with_caller(&turn.caller, |m| {
+            m.observe(new);
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.mark_open(&turn.caller, &turn.call_id, true)
+    }
+
+    /// Records that `call_id` of `caller` is open (or, `open` false, written and closed).
+    fn mark_open(&self, caller: &str, call_id: &str, open: bool) -> anyhow::Result<()> {
+        let mut cache = self.cache.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(entry) = cache.callers.get_mut(caller) {
+            if open {
+                entry.open_calls.insert(call_id.to_string());
+            } else {
+                entry.open_calls.remove(call_id);
             }
         }
         Ok(())
@@ -397,27 +400,12 @@ impl Inner {
     fn close(&self, caller: &str, call_id: &str) -> anyhow::Result<()> {
         let now_ms = crate::agent::unix_ms_now();
         let policy = self.config.forget.clone();
-        let merged = {
-            let mut cache = self.cache.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-            cache
-                .callers
-                .get_mut(caller)
-                .map(|entry| std::mem::take(&mut entry.merged))
-                .unwrap_or_default()
-        };
         let (close, consolidation, dirty, model, plan) = self
             .with_caller(caller, |m| {
                 let close = m.close_call(call_id);
                 let consolidation = m.consolidate(Some(call_id));
-                let mut dirty = m.take_dirty();
-                if !merged.is_empty() {
-                    let changed: Vec<_> = m
-                        .turns()
-                        .into_iter()
-                        .filter(|t| merged.contains(&t.id) && !dirty.iter().any(|d| d.id == t.id))
-                        .collect();
-                    dirty.extend(changed);
-                }
+                // Turns recalled (access counts) or strengthened by a repeat.
+                let dirty = m.take_dirty();
                 let plan = m.forget(now_ms, &policy);
                 (close, consolidation, dirty, m.model.clone(), plan)
             })
@@ -451,11 +439,7 @@ impl Inner {
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
-        let mut cache = self.cache.lock().map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(entry) = cache.callers.get_mut(caller) {
-            entry.open_calls = entry.open_calls.saturating_sub(1);
-        }
-        Ok(())
+        self.mark_open(caller, call_id, false)
     }
 
     /// Calls a crash left open: their journaled turns are folded in and written.
@@ -528,7 +512,11 @@ impl Cache {
             let Some(oldest) = self.lru.pop_front() else {
                 break;
             };
-            if self.callers.get(&oldest).is_some_and(|c| c.open_calls > 0) {
+            if self
+                .callers
+                .get(&oldest)
+                .is_some_and(|c| !c.open_calls.is_empty())
+            {
                 self.lru.push_back(oldest);
                 scanned += 1;
             } else {
@@ -578,7 +566,6 @@ impl Memory for MemoryService {
         call_id: &str,
         _now_ms: i64,
     ) -> Result<Recollection, StageError> {
-        let _ = call_id;
         self.inner
             .with_caller(caller, |m| {
                 let greeting = m.greeting();
@@ -610,10 +597,9 @@ impl Memory for MemoryService {
                 }
             })
             .and_then(|r| {
-                let mut cache = self.inner.cache.lock().map_err(storage)?;
-                if let Some(entry) = cache.callers.get_mut(caller) {
-                    entry.open_calls += 1;
-                }
+                self.inner
+                    .mark_open(caller, call_id, true)
+                    .map_err(storage)?;
                 Ok(r)
             })
     }

@@ -252,6 +252,8 @@ impl CallerMemory {
                 t.strength = (t.strength + 0.5).min(3.0);
                 t.access_count = t.access_count.saturating_add(1);
                 t.last_access_ms = new.unix_ms.max(t.last_access_ms);
+                // A turn of an earlier call changed: the store must get it again.
+                self.dirty.insert(i);
                 return Observed::Merged(self.turn_record(i));
             }
         }
