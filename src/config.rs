@@ -1243,6 +1243,22 @@ mod tests {
     }
 
     #[test]
+    fn memory_settings_default_and_out_of_range_values_name_their_key() {
+        let p = builtin(&[]).unwrap();
+        assert_eq!(p.memory.retention_days, None);
+        assert_eq!(p.memory.keep_recent_turns, 500);
+        assert_eq!(p.memory.recall_budget_ms, 150);
+        let e = broken("recall_budget_ms = 150", "recall_budget_ms = 5");
+        assert_eq!(e.key, "memory.recall_budget_ms");
+        assert!(e.fix.contains("10 to 2000"), "{e}");
+        let e = broken("retention_days = 0", "retention_days = 99999");
+        assert_eq!(e.key, "memory.retention_days");
+        let text = BUILTIN_PROFILE.replacen("retention_days = 0", "retention_days = 30", 1);
+        let p = parse("ok.toml", &text, &env(&[]), &CliOverrides::default()).unwrap();
+        assert_eq!(p.memory.retention_days, Some(30));
+    }
+
+    #[test]
     fn misspelled_key_is_rejected_with_its_name() {
         let e = broken("realm =", "relm =");
         assert_eq!(e.key, "sip.relm");
