@@ -164,13 +164,16 @@ fn third_call_recalls_a_detail_of_the_first_by_meaning_not_the_latest_call() {
         &["search", "1000", "my automobile will not start"],
     );
     eprintln!("memory search:\n{found}");
-    let first = found
+    let turns: Vec<String> = found
         .lines()
-        .find(|l| l.starts_with("turn"))
-        .unwrap_or_default();
+        .filter(|l| l.starts_with("turn"))
+        .map(str::to_lowercase)
+        .collect();
+    let car = turns.iter().position(|l| l.contains("caller: my car"));
+    let paris = turns.iter().position(|l| l.contains("paris"));
     assert!(
-        first.to_lowercase().contains("car") || first.to_lowercase().contains("battery"),
-        "the best match is not the car turn: {found}"
+        car.is_some_and(|c| c < 4 && paris.is_none_or(|p| c < p)),
+        "the caller's car turn is not among the best matches, above Paris: {found}"
     );
     assert!(
         found.contains("why: bm25"),
