@@ -566,3 +566,111 @@ fn a_cold_caller_is_loaded_on_recall_and_prefetch_caches_a_caller() {
     // Unknown callers get an empty recollection, not an error.
     assert!(m.recall("nobody", "anything", now).unwrap().is_empty());
 }
+
+/// Writes a store as earlier versions did: `<data>/memory.lance`, table `turns`.
+fn write_legacy_store(data: &Path, rows: &[(&str, &str, i64, &str, &str)]) {
+    use lancedb::arrow::arrow_array::{Int64Array, RecordBatch, StringArray};
+    use lancedb::arrow::arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("caller", DataType::Utf8, false),
+        Field::new("call_id", DataType::Utf8, false),
+        Field::new("unix_ms", DataType::Int64, false),
+        Field::new("role", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]));
+    let col = |i: usize| -> Vec<&str> {
+        rows.iter()
+            .map(|r| match i {
+                0 => r.0,
+                1 => r.1,
+                3 => r.3,
+                _ => r.4,
+            })
+            .collect()
+    };
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(col(0))),
+            Arc::new(StringArray::from(col(1))),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(col(3))),
+            Arc::new(StringArray::from(col(4))),
+        ],
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let path = data.join("memory.lance");
+        std::fs::create_dir_all(&path).unwrap();
+        let db = lancedb::connect(path.to_str().unwrap())
+            .execute()
+            .await
+            .unwrap();
+        let table = db
+            .create_empty_table("turns", schema)
+            .execute()
+            .await
+            .unwrap();
+        table.add(batch).execute().await.unwrap();
+    });
+}
+
+#[test]
+fn the_flat_log_of_earlier_versions_is_imported_once_on_upgrade() {
+    let data = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    write_legacy_store(
+        data.path(),
+        &[
+            (
+                "1000",
+                "old-1",
+                now - 2 * DAY_MS,
+                "agent",
+                "Hello! How can I help you today?",
+            ),
+            ("1000", "old-1", now - 2 * DAY_MS + 1000, "caller", PLUMBER),
+            (
+                "1000",
+                "old-1",
+                now - 2 * DAY_MS + 2000,
+                "caller",
+                "My name is Daniel.",
+            ),
+            ("2000", "old-2", now - DAY_MS, "caller", PARIS_TRIP),
+        ],
+    );
+    let dir = data.path().join("memory");
+    {
+        let m = open(&dir);
+        // The old log's canned greeting is not carried over.
+        assert_eq!(
+            load(&m, "1000").turns.len(),
+            2,
+            "{:?}",
+            load(&m, "1000").turns
+        );
+        assert_eq!(load(&m, "2000").turns.len(), 1);
+        let r = m.recall("1000", "my pipes are leaking", now).unwrap();
+        assert_eq!(
+            r.turns.first().map(|t| t.text.as_str()),
+            Some(PLUMBER),
+            "{r:?}"
+        );
+        let opened = m.open_call("1000", "new", now).unwrap();
+        assert_eq!(opened.name.as_deref(), Some("Daniel"));
+        m.flush();
+    }
+    assert!(!data.path().join("memory.lance").exists());
+    assert!(
+        data.path().join("memory.lance.imported").is_dir(),
+        "the old store is kept, renamed"
+    );
+    // Opening again imports nothing twice.
+    let m = open(&dir);
+    assert_eq!(load(&m, "1000").turns.len(), 2);
+}

@@ -5,10 +5,12 @@
 //! - [`embed`]: all-MiniLM-L6-v2 via candle.
 //! - [`service`]: the writer thread, the journal, the per-caller cache; implements
 //!   `sofia_voice::Memory` for the agent.
+//! - [`legacy`]: import of the flat turn log of earlier versions.
 //! - [`cli`]: `sofia-phone memory ...`; [`bench`]: `memory bench`.
 
 pub mod bench;
 pub mod cli;
 pub mod embed;
+pub mod legacy;
 pub mod service;
 pub mod store;

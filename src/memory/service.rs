@@ -142,6 +142,7 @@ impl MemoryService {
             config,
         });
         inner.replay_journals()?;
+        inner.import_legacy(dir)?;
         let (writer, jobs) = mpsc::channel();
         let worker = Arc::clone(&inner);
         std::thread::Builder::new()
@@ -440,6 +441,40 @@ impl Inner {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
         self.mark_open(caller, call_id, false)
+    }
+
+    /// The flat log of earlier versions, once: each old call becomes a call here (its
+    /// turns embedded, segmented and consolidated), in the order they were said.
+    fn import_legacy(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(old) = super::legacy::pending(dir) else {
+            return Ok(());
+        };
+        let turns = self
+            .runtime
+            .block_on(super::legacy::read_turns(&old))
+            .with_context(|| format!("reading the old memory {}", old.display()))?;
+        let mut calls: Vec<(String, String)> = Vec::new();
+        for turn in &turns {
+            self.observe(turn)?;
+            let call = (turn.caller.clone(), turn.call_id.clone());
+            if !calls.contains(&call) {
+                calls.push(call);
+            }
+        }
+        for (caller, call_id) in &calls {
+            self.close(caller, call_id)?;
+        }
+        let done = old.with_extension("lance.imported");
+        std::fs::rename(&old, &done)
+            .with_context(|| format!("renaming {} to {}", old.display(), done.display()))?;
+        info!(
+            "memory: imported {} turns of {} calls from {} (kept as {})",
+            turns.len(),
+            calls.len(),
+            old.display(),
+            done.display()
+        );
+        Ok(())
     }
 
     /// Calls a crash left open: their journaled turns are folded in and written.
