@@ -119,6 +119,8 @@ impl MemoryService {
     /// replays journals of calls a crash left open, and starts the writer thread.
     /// Blocking (about a second): call it at start-up, off the async runtime.
     pub fn open(dir: &Path, minilm_dir: &Path, config: MemoryConfig) -> anyhow::Result<Self> {
+        // The model first: a missing model must not leave an empty store behind.
+        let embedder = MiniLm::load(minilm_dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("lancedb")
@@ -129,7 +131,6 @@ impl MemoryService {
         let store = runtime
             .block_on(LanceStore::open(dir))
             .with_context(|| format!("opening the memory store {}", dir.display()))?;
-        let embedder = MiniLm::load(minilm_dir)?;
         let journal = dir.join("journal");
         std::fs::create_dir_all(&journal)
             .with_context(|| format!("creating {}", journal.display()))?;
