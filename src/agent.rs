@@ -167,23 +167,31 @@ impl Agent {
         let unix_ms = unix_ms_now();
         let memory = Arc::clone(&self.stages.memory);
         let (who, call) = (caller.to_string(), call_id.to_string());
+        let asked = Instant::now();
         let opened = tokio::time::timeout(
             OPEN_BUDGET,
             tokio::task::spawn_blocking(move || memory.open_call(&who, &call, unix_ms)),
         )
         .await;
+        let m = &self.metrics;
         let remembered = match opened {
-            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Ok(r))) => {
+                m.memory_recall("ok", Some(asked.elapsed()));
+                r
+            }
             Ok(Ok(Err(e))) => {
                 // A call without memory is better than no call.
+                m.memory_recall("error", None);
                 warn!(error = %e, "could not recall {caller}'s earlier calls");
                 Recollection::default()
             }
             Ok(Err(e)) => {
+                m.memory_recall("error", None);
                 warn!(error = %e, "memory recall panicked");
                 Recollection::default()
             }
             Err(_) => {
+                m.memory_recall("late", None);
                 warn!("{caller}'s memory was not ready within {OPEN_BUDGET:?}; greeting as new");
                 Recollection::default()
             }
@@ -303,20 +311,30 @@ impl AgentCall {
                 let query = transcript.text.clone();
                 let now_ms = unix_ms_now();
                 let budget = self.agent.recall_budget;
+                let metrics = Arc::clone(&self.agent.metrics);
                 tokio::spawn(async move {
+                    let asked = Instant::now();
                     let recalled = tokio::time::timeout(
                         budget,
                         tokio::task::spawn_blocking(move || memory.recall(&caller, &query, now_ms)),
                     )
                     .await;
                     let recollection = match recalled {
-                        Ok(Ok(Ok(r))) => Some(r),
+                        Ok(Ok(Ok(r))) => {
+                            metrics.memory_recall("ok", Some(asked.elapsed()));
+                            Some(r)
+                        }
                         Ok(Ok(Err(e))) => {
+                            metrics.memory_recall("error", None);
                             warn!(error = %e, "recall failed; answering without it");
                             None
                         }
-                        Ok(Err(_)) => None,
+                        Ok(Err(_)) => {
+                            metrics.memory_recall("error", None);
+                            None
+                        }
                         Err(_) => {
+                            metrics.memory_recall("late", None);
                             debug!("recall missed its {budget:?} budget; answering without it");
                             None
                         }

@@ -31,6 +31,11 @@ pub struct StageLabel {
     pub stage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
 pub fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::Stt => "stt",
@@ -60,6 +65,11 @@ pub struct Metrics {
     pub agent_breakers_open: Family<StageLabel, Gauge>,
     /// Bindings in the registrar, refreshed by the SIP task.
     pub registrations: Gauge,
+    /// Memory recalls for a caller turn or a call start, by outcome: `ok`, `late` (past
+    /// the budget: the reply went without), `error`.
+    pub memory_recalls: Family<OutcomeLabel, Counter>,
+    /// Seconds a memory recall took (embedding and search), when it finished in time.
+    pub memory_recall_latency: Histogram,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
 }
@@ -116,6 +126,19 @@ impl Metrics {
             "Contact bindings in the registrar",
             registrations.clone(),
         );
+        let memory_recalls = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "memory_recalls",
+            "Memory recalls by outcome (ok, late: past the budget, error)",
+            memory_recalls.clone(),
+        );
+        let memory_recall_latency =
+            Histogram::new([0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0]);
+        registry.register(
+            "memory_recall_latency_seconds",
+            "Memory recall time (embedding and search) of recalls within the budget",
+            memory_recall_latency.clone(),
+        );
         let agent_state = Arc::new(AtomicI64::new(0));
         Self {
             registry,
@@ -128,6 +151,8 @@ impl Metrics {
             agent_turn_latency,
             agent_breakers_open,
             registrations,
+            memory_recalls,
+            memory_recall_latency,
             agent_state,
         }
     }
@@ -141,6 +166,18 @@ impl Metrics {
     pub fn stage(stage: Stage) -> StageLabel {
         StageLabel {
             stage: stage_name(stage).to_string(),
+        }
+    }
+
+    /// Counts a memory recall's outcome (and its time when it was in time).
+    pub fn memory_recall(&self, outcome: &str, took: Option<std::time::Duration>) {
+        self.memory_recalls
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Some(took) = took {
+            self.memory_recall_latency.observe(took.as_secs_f64());
         }
     }
 
