@@ -3,71 +3,20 @@
 //! responder (no LLM): what a caller said in one call is recalled in a later one by its
 //! meaning, across a restart and a `kill -9`.
 
+mod agent_support;
 mod common;
 mod voice_support;
 
 use std::path::Path;
 
-use common::baresip::{Baresip, Options};
-use common::{free_port, sofia, Server};
+use agent_support::{call_agent, start_server, transcribe};
+use common::{free_port, sofia};
 use sofia_phone::voice::{VoiceModels, WhisperConfig, WhisperStt};
-use sofia_voice::{SpeechStats, Stt};
-use voice_support::audio::{espeak, models_dir, read_wav, resample, silence, write_wav, RATE};
-
-const PASSWORD: &str = "memory-secret";
-const PHONE_RATE: u32 = 8_000;
+use voice_support::audio::{espeak, models_dir, silence, RATE};
 
 /// Two agents transcribing at once on two cores would slow each other past the timings
 /// these calls are scripted with.
 static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn start_server(data: &Path, port: u16) -> Server {
-    let models = models_dir();
-    let server = Server::start_with(
-        data,
-        port,
-        Some(&format!("1000:{PASSWORD}")),
-        Path::new("sip-profiles/default.toml"),
-        &[("SOFIA_MODELS_DIR", models.to_str().unwrap())],
-    );
-    server.wait_for("voice agent ready");
-    server
-}
-
-/// One call from 1000 to 5555 whose microphone plays `mic` (16 kHz); what it heard.
-fn call_agent(sip_port: u16, mic: &[f32]) -> Vec<f32> {
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("mic.wav");
-    write_wav(&wav, PHONE_RATE, &resample(mic, RATE, PHONE_RATE));
-    let phone = Baresip::new(
-        sip_port,
-        &wav,
-        Options {
-            password: PASSWORD,
-            codec: "PCMU",
-            rate: PHONE_RATE,
-            record: true,
-            console: false,
-        },
-    );
-    let log = phone.call("5555", mic.len() as u32 / RATE + 15);
-    let (samples, rate) = read_wav(&std::fs::read(phone.heard(&log)).unwrap());
-    resample(&samples, rate, RATE)
-}
-
-fn transcribe(stt: &WhisperStt, audio: &[f32]) -> String {
-    let total = std::time::Duration::from_secs_f64(audio.len() as f64 / f64::from(RATE));
-    stt.transcribe(
-        audio,
-        SpeechStats {
-            voiced: total,
-            total,
-        },
-    )
-    .expect("transcribe")
-    .text
-    .to_lowercase()
-}
 
 fn memory_cli(data: &Path, args: &[&str]) -> String {
     let models = models_dir();

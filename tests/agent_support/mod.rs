@@ -1,0 +1,70 @@
+//! Helpers for the tests that call the voice agent with a real softphone: a switch with
+//! the real models, a baresip call to 5555 whose microphone plays a recording, and
+//! Whisper to hear what came back. Needs `mod common;` and `mod voice_support;` beside it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+
+use sofia_phone::voice::WhisperStt;
+use sofia_voice::{SpeechStats, Stt};
+
+use crate::common::baresip::{Baresip, Options};
+use crate::common::Server;
+use crate::voice_support::audio::{models_dir, read_wav, resample, write_wav, RATE};
+
+/// The password of extension 1000 in these tests.
+pub const PASSWORD: &str = "agent-secret";
+/// The rate baresip's microphone and recording use.
+pub const PHONE_RATE: u32 = 8_000;
+
+/// `serve` with the default profile, 1000 as the only user and the real models; returns
+/// once the agent has loaded.
+pub fn start_server(data: &Path, port: u16) -> Server {
+    let models = models_dir();
+    let server = Server::start_with(
+        data,
+        port,
+        Some(&format!("1000:{PASSWORD}")),
+        Path::new("sip-profiles/default.toml"),
+        &[("SOFIA_MODELS_DIR", models.to_str().unwrap())],
+    );
+    server.wait_for("voice agent ready");
+    server
+}
+
+/// One baresip call from 1000 to 5555 whose microphone plays `mic` (16 kHz samples);
+/// baresip hangs up when the WAV ends. Returns what it heard, at 16 kHz.
+pub fn call_agent(sip_port: u16, mic: &[f32]) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("mic.wav");
+    write_wav(&wav, PHONE_RATE, &resample(mic, RATE, PHONE_RATE));
+    let phone = Baresip::new(
+        sip_port,
+        &wav,
+        Options {
+            password: PASSWORD,
+            codec: "PCMU",
+            rate: PHONE_RATE,
+            record: true,
+            console: false,
+        },
+    );
+    let log = phone.call("5555", mic.len() as u32 / RATE + 15);
+    let (samples, rate) = read_wav(&std::fs::read(phone.heard(&log)).unwrap());
+    resample(&samples, rate, RATE)
+}
+
+/// What Whisper hears in `audio` (16 kHz), lower-cased.
+pub fn transcribe(stt: &WhisperStt, audio: &[f32]) -> String {
+    let total = std::time::Duration::from_secs_f64(audio.len() as f64 / f64::from(RATE));
+    let heard = stt
+        .transcribe(
+            audio,
+            SpeechStats {
+                voiced: total,
+                total,
+            },
+        )
+        .expect("transcribe");
+    heard.text.to_lowercase()
+}
