@@ -27,6 +27,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
+use sofia_memory::forget::ForgetPolicy;
 use sofia_memory::retrieve::RecallOptions;
 use sofia_memory::segment::{boundary_hits, segment, SegmentConfig};
 use sofia_memory::{CallerMemory, CallerModel, FusionWeights, NewTurn, Speaker, Turn, DAY_MS};
@@ -200,7 +201,8 @@ struct Variant {
     recall: RecallOptions,
     surprise_strength: bool,
     segmentation: bool,
-    forgetting: bool,
+    /// The forgetting policy applied after each call (None: forgetting off).
+    forgetting: Option<ForgetPolicy>,
     merge_duplicates: bool,
     learn_weights: bool,
     consolidation: bool,
@@ -215,7 +217,8 @@ fn variants() -> Vec<Variant> {
         },
         surprise_strength: true,
         segmentation: true,
-        forgetting: true,
+        // The switch's own policy (`[memory]` defaults).
+        forgetting: Some(super::service::MemoryConfig::default().forget),
         merge_duplicates: true,
         learn_weights: true,
         consolidation: true,
@@ -290,7 +293,12 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "- forgetting",
-            forgetting: false,
+            forgetting: None,
+            ..full.clone()
+        },
+        Variant {
+            name: "forgetting at engine defaults",
+            forgetting: Some(ForgetPolicy::default()),
             ..full.clone()
         },
         Variant {
@@ -432,8 +440,6 @@ fn percentiles(us: &[u128]) -> (f64, f64) {
 }
 
 fn run_variant(variant: &Variant, data: &[Embedded]) -> Tally {
-    // The switch's own forgetting policy (`[memory]` defaults).
-    let policy = super::service::MemoryConfig::default().forget;
     let mut tally = Tally::default();
     for d in data {
         let caller = format!("locomo-{}", d.conv.name);
@@ -483,8 +489,8 @@ fn run_variant(variant: &Variant, data: &[Embedded]) -> Tally {
             if variant.consolidation {
                 memory.consolidate(Some(&call_id));
             }
-            if variant.forgetting {
-                memory.forget(unix_ms_after(turns.len(), *start), &policy);
+            if let Some(policy) = &variant.forgetting {
+                memory.forget(unix_ms_after(turns.len(), *start), policy);
             }
         }
         // Merged repeats: every dia_id that went into a stored turn.
