@@ -745,14 +745,12 @@ fn scale(args: &BenchArgs, embedder: &MiniLm) -> anyhow::Result<()> {
         args.scale_callers
     );
     println!(
-        "{:>9} {:>12} {:>10} {:>12} {:>12} {:>12} {:>12}",
-        "turns",
-        "ingest t/s",
-        "store MiB",
-        "cold p50 ms",
-        "cold p95 ms",
-        "warm p50 ms",
-        "warm p95 ms"
+        "{:>9} {:>12} {:>10} {:>17} {:>17} {:>17}",
+        "turns", "ingest t/s", "store MiB", "cold, unindexed", "cold, indexed", "warm"
+    );
+    println!(
+        "{:>51} {:>17} {:>17}",
+        "p50/p95 ms", "p50/p95 ms", "p50/p95 ms"
     );
     let mut written = 0usize;
     let mut call = 0usize;
@@ -799,35 +797,40 @@ fn scale(args: &BenchArgs, embedder: &MiniLm) -> anyhow::Result<()> {
             }))?;
         }
         let ingest = (written - before) as f64 / began.elapsed().as_secs_f64();
+        let callers = args.scale_callers.min(call);
+        // Rows written since the last optimize are outside the caller index until the
+        // next one (the switch optimizes every 20 calls): both cases are timed.
+        let (unindexed, _) = time_recalls(
+            &runtime,
+            &store,
+            callers,
+            args.queries,
+            &pool,
+            &pool_vectors,
+            &mut rng,
+        )?;
         runtime.block_on(store.optimize(std::time::Duration::ZERO))?;
         let size = dir_size(&dir) as f64 / (1024.0 * 1024.0);
-        let mut cold = Vec::new();
-        let mut warm = Vec::new();
-        let callers = args.scale_callers.min(call);
-        for q in 0..args.queries {
-            let caller = format!("caller-{:04}", rng.below(callers));
-            let query = &pool[q % pool.len()];
-            let qv = &pool_vectors[q % pool.len()];
-            let t0 = Instant::now();
-            let data = runtime.block_on(store.load_caller(&caller))?;
-            let mut memory = CallerMemory::load(
-                data.model.unwrap_or_else(|| CallerModel::new(&caller)),
-                data.turns,
-                data.episodes,
-                data.facts,
-            );
-            memory.recall(query, qv, 1_800_000_000_000, &RecallOptions::default());
-            cold.push(t0.elapsed().as_micros());
-            let t1 = Instant::now();
-            memory.recall(query, qv, 1_800_000_000_000, &RecallOptions::default());
-            warm.push(t1.elapsed().as_micros());
-        }
+        let (cold, warm) = time_recalls(
+            &runtime,
+            &store,
+            callers,
+            args.queries,
+            &pool,
+            &pool_vectors,
+            &mut rng,
+        )?;
+        let (u50, u95) = percentiles(&unindexed);
         let (c50, c95) = percentiles(&cold);
         let (w50, w95) = percentiles(&warm);
-        println!("{written:>9} {ingest:>12.0} {size:>10.1} {c50:>12.2} {c95:>12.2} {w50:>12.2} {w95:>12.2}");
+        println!(
+            "{written:>9} {ingest:>12.0} {size:>10.1} {u50:>8.2}/{u95:<8.2} {c50:>8.2}/{c95:<8.2} {w50:>8.2}/{w95:<8.2}"
+        );
     }
     // One caller holding every turn: the worst case for the exact vector scan.
     let mut single = CallerMemory::new("everyone");
+    // (Duplicate detection scans the caller's turns per new turn: off for the fill.)
+    single.merge_duplicates = false;
     for i in 0..written.min(100_000) {
         let p = i % pool.len();
         single.observe(NewTurn {
@@ -838,7 +841,6 @@ fn scale(args: &BenchArgs, embedder: &MiniLm) -> anyhow::Result<()> {
             embedding: pool_vectors[p].clone(),
         });
     }
-    single.merge_duplicates = false;
     let mut warm = Vec::new();
     for q in 0..args.queries {
         let t = Instant::now();
@@ -856,6 +858,40 @@ fn scale(args: &BenchArgs, embedder: &MiniLm) -> anyhow::Result<()> {
         single.turn_count()
     );
     Ok(())
+}
+
+/// Cold (load the caller from LanceDB, build the working set, recall) and warm (recall
+/// again on it) times in microseconds, for random callers.
+fn time_recalls(
+    runtime: &tokio::runtime::Runtime,
+    store: &LanceStore,
+    callers: usize,
+    queries: usize,
+    pool: &[String],
+    pool_vectors: &[Vec<f32>],
+    rng: &mut Lcg,
+) -> anyhow::Result<(Vec<u128>, Vec<u128>)> {
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for q in 0..queries {
+        let caller = format!("caller-{:04}", rng.below(callers));
+        let query = &pool[q % pool.len()];
+        let qv = &pool_vectors[q % pool.len()];
+        let t0 = Instant::now();
+        let data = runtime.block_on(store.load_caller(&caller))?;
+        let mut memory = CallerMemory::load(
+            data.model.unwrap_or_else(|| CallerModel::new(&caller)),
+            data.turns,
+            data.episodes,
+            data.facts,
+        );
+        memory.recall(query, qv, 1_800_000_000_000, &RecallOptions::default());
+        cold.push(t0.elapsed().as_micros());
+        let t1 = Instant::now();
+        memory.recall(query, qv, 1_800_000_000_000, &RecallOptions::default());
+        warm.push(t1.elapsed().as_micros());
+    }
+    Ok((cold, warm))
 }
 
 fn dir_size(dir: &Path) -> u64 {
