@@ -74,8 +74,14 @@ proptest! {
         let level_out = common::rms(&out[edge..out.len() - edge]);
         let db = 20.0 * (level_out / level_in).log10();
         prop_assert!(db.abs() < 1.0, "{from}->{to}: {db} dB");
-        let f = common::zero_crossing_frequency(&out[edge..out.len() - edge], to);
-        prop_assert!((f - 1_000.0).abs() < 25.0, "{from}->{to}: {f} Hz");
+        let window = &out[edge..out.len() - edge];
+        let f = common::zero_crossing_frequency(window, to);
+        // Counting rising zero crossings over a window of n samples is off by up to one
+        // crossing, worth to / n Hz: +-30 Hz over the 34 ms window a 42 ms input leaves.
+        // A resampler that got the ratio wrong moves the tone by hundreds of Hz.
+        let quantum = f64::from(to) / window.len() as f64;
+        let tolerance = 25.0 + quantum as f32;
+        prop_assert!((f - 1_000.0).abs() < tolerance, "{from}->{to}: {f} Hz (tolerance {tolerance})");
     }
 
     #[test]
