@@ -8,21 +8,14 @@ mod agent_support;
 mod common;
 mod voice_support;
 
-use agent_support::{call_agent, start_server, transcribe};
+use agent_support::{call_agent, start_server, transcribe, whisper, ONE_CALL_AT_A_TIME};
 use common::free_port;
-use sofia_phone::voice::{VoiceModels, WhisperConfig, WhisperStt};
-use voice_support::audio::{espeak, models_dir, silence, RATE};
-
-/// The tests here time what a caller hears; two agents transcribing and synthesizing at
-/// once on two cores would measure each other.
-static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use voice_support::audio::{espeak, silence, RATE};
 
 #[test]
 fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
     let _one_at_a_time = ONE_CALL_AT_A_TIME.lock();
-    let models = VoiceModels::under(&models_dir());
-    models.require_all().unwrap_or_else(|e| panic!("{e}"));
-    let stt = WhisperStt::load(&models.whisper, WhisperConfig::default()).expect("whisper");
+    let stt = whisper();
     let data = tempfile::tempdir().unwrap();
     let words = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -9,14 +9,9 @@ mod voice_support;
 
 use std::path::Path;
 
-use agent_support::{call_agent, start_server, transcribe};
+use agent_support::{call_agent, start_server, transcribe, whisper, ONE_CALL_AT_A_TIME};
 use common::{free_port, sofia};
-use sofia_phone::voice::{VoiceModels, WhisperConfig, WhisperStt};
 use voice_support::audio::{espeak, models_dir, silence, RATE};
-
-/// Two agents transcribing at once on two cores would slow each other past the timings
-/// these calls are scripted with.
-static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn memory_cli(data: &Path, args: &[&str]) -> String {
     let models = models_dir();
@@ -42,9 +37,7 @@ fn memory_cli(data: &Path, args: &[&str]) -> String {
 #[test]
 fn third_call_recalls_a_detail_of_the_first_by_meaning_not_the_latest_call() {
     let _one = ONE_CALL_AT_A_TIME.lock();
-    let models = VoiceModels::under(&models_dir());
-    models.require_all().unwrap_or_else(|e| panic!("{e}"));
-    let stt = WhisperStt::load(&models.whisper, WhisperConfig::default()).expect("whisper");
+    let stt = whisper();
     let data = tempfile::tempdir().unwrap();
     let words = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -5,12 +5,23 @@
 
 use std::path::Path;
 
-use sofia_phone::voice::WhisperStt;
+use sofia_phone::voice::{VoiceModels, WhisperConfig, WhisperStt};
 use sofia_voice::{SpeechStats, Stt};
 
 use crate::common::baresip::{Baresip, Options};
 use crate::common::Server;
 use crate::voice_support::audio::{models_dir, read_wav, resample, write_wav, RATE};
+
+/// Two agents transcribing and synthesizing at once on two cores would slow each other
+/// past the timings these calls are scripted with (and measure each other).
+pub static ONE_CALL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whisper, to hear what the phone recorded; fails if any model is missing.
+pub fn whisper() -> WhisperStt {
+    let models = VoiceModels::under(&models_dir());
+    models.require_all().unwrap_or_else(|e| panic!("{e}"));
+    WhisperStt::load(&models.whisper, WhisperConfig::default()).expect("whisper")
+}
 
 /// The password of extension 1000 in these tests.
 pub const PASSWORD: &str = "agent-secret";
