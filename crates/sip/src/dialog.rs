@@ -123,4 +123,6 @@ pub struct Call {
     pub initial: bool,
     /// Hang up as soon as the 2xx is ACKed.
     pub hangup_after_ack: bool,
+    /// The digest user that authenticated the INVITE, for the per-caller call limit.
+    pub caller: Option<String>,
 }

@@ -9,7 +9,7 @@
 //! commands. It does not know the dialplan or SDP: the shell decides what a call is for.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +68,16 @@ pub struct Config {
     pub user_agent: String,
     /// Larger messages get 513 (RFC 3261 18.1.1 / 21.5.14).
     pub max_message_size: usize,
+    /// Live server transactions beyond which a request that would need one gets a
+    /// stateless 503 with Retry-After (a flood must not grow memory without bound).
+    pub max_server_transactions: usize,
+    /// Calls (dialogs) beyond which a new INVITE gets 503 with Retry-After.
+    pub max_calls: usize,
+    /// Calls of one authenticated caller beyond which a new INVITE gets 486.
+    pub max_calls_per_user: usize,
+    /// An INVITE the application has not answered after this long gets 408 (a
+    /// re-INVITE 500) from the endpoint itself: every INVITE ends in a final response.
+    pub max_ringing: Duration,
     /// Secret seed for tags, branches and nonce MACs. Take it from a CSPRNG.
     pub seed: [u8; 32],
 }
@@ -93,6 +103,10 @@ impl Config {
             accepted_content_types: vec!["application/sdp".to_string()],
             user_agent: "sofia-phone".to_string(),
             max_message_size: 65_535,
+            max_server_transactions: 20_000,
+            max_calls: usize::MAX,
+            max_calls_per_user: usize::MAX,
+            max_ringing: Duration::from_secs(180),
             seed,
         }
     }
@@ -210,6 +224,47 @@ pub enum CallError {
 enum TimerTarget {
     Server(Arc<str>),
     Client(String),
+    /// The longest an INVITE (this server transaction of this call) may wait for the
+    /// application's answer.
+    Answer(CallHandle, String),
+}
+
+/// What the endpoint has counted since it started, for the shell's metrics. Counters
+/// only go up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Requests received, by method (extension methods count as `OTHER`, so a scanner
+    /// cannot grow the label set).
+    pub requests: BTreeMap<&'static str, u64>,
+    /// Responses sent (retransmissions included), by status code.
+    pub responses: BTreeMap<u16, u64>,
+    /// Failed credential checks that counted toward blocking.
+    pub auth_failures: u64,
+    /// Requests refused because their source (or source and user) is blocked.
+    pub blocked_requests: u64,
+    /// Stateless 503s because `max_server_transactions` was reached.
+    pub transaction_overload: u64,
+    /// INVITEs refused for `max_calls`.
+    pub max_calls_rejects: u64,
+    /// INVITEs refused for `max_calls_per_user`.
+    pub max_calls_per_user_rejects: u64,
+    /// INVITEs the application left unanswered past `max_ringing`.
+    pub unanswered_invites: u64,
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match method {
+        Method::Invite => "INVITE",
+        Method::Ack => "ACK",
+        Method::Bye => "BYE",
+        Method::Cancel => "CANCEL",
+        Method::Options => "OPTIONS",
+        Method::Register => "REGISTER",
+        Method::Info => "INFO",
+        Method::Subscribe => "SUBSCRIBE",
+        Method::Message => "MESSAGE",
+        _ => "OTHER",
+    }
 }
 
 struct UserEntry {
@@ -238,6 +293,7 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_handle: u64,
+    stats: EndpointStats,
 }
 
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
@@ -323,6 +379,7 @@ impl Endpoint {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_handle: 1,
+            stats: EndpointStats::default(),
         }
     }
 
@@ -410,6 +467,7 @@ impl Endpoint {
             match target {
                 TimerTarget::Server(key) => self.fire_server_timer(now, &key),
                 TimerTarget::Client(branch) => self.fire_client_timer(now, &branch),
+                TimerTarget::Answer(call, key) => self.fire_answer_timer(now, call, &key),
             }
         }
         if now >= self.housekeeping_at {
@@ -622,7 +680,13 @@ impl Endpoint {
         req: Request,
     ) {
         let route = response_route(Some(req.top_via()), source, transport);
-        if self.auth.is_blocked(now, source.ip()) {
+        *self
+            .stats
+            .requests
+            .entry(method_label(&req.method))
+            .or_default() += 1;
+        if self.auth.is_blocked(now, source.ip(), &claimed_user(&req)) {
+            self.stats.blocked_requests += 1;
             if self.auth.policy().block_action == BlockAction::Forbidden
                 && req.method != Method::Ack
             {
@@ -641,6 +705,25 @@ impl Endpoint {
             // RFC 3261 17.2.1 / 17.2.2: a retransmission; resend the last response.
             if let Some(bytes) = tx.on_request_retransmission() {
                 self.send(tx.route, bytes);
+            }
+            return;
+        }
+        if self.server_txs.len() >= self.config.max_server_transactions {
+            // Overloaded: refuse without keeping state (RFC 3261 21.5.4); the
+            // Retry-After spreads the retries out.
+            self.stats.transaction_overload += 1;
+            if req.method != Method::Cancel {
+                let tag = req.to.tag().is_none().then(|| self.derived_tag(&key));
+                let bytes = build_response(
+                    &req,
+                    503,
+                    tag.as_ref(),
+                    &[("Retry-After", "5".to_string())],
+                    None,
+                    route.destination,
+                    &self.config.user_agent,
+                );
+                self.send(route, bytes);
             }
             return;
         }
@@ -664,7 +747,7 @@ impl Endpoint {
             .into();
             match self.merged.get(&merge_key) {
                 Some(other) if *other != key && self.server_txs.contains_key(other) => {
-                    self.respond(now, &key, &req, 482, None, &[], None);
+                    self.respond_stateless(&key, &req, 482, &[]);
                     return;
                 }
                 _ => {
@@ -692,7 +775,7 @@ impl Endpoint {
         }
         // RFC 3261 8.2.2.1: only SIP/SIPS Request-URIs.
         if req.uri.as_sip().is_none() {
-            self.respond(now, key, &req, 416, None, &[], None);
+            self.respond_stateless(key, &req, 416, &[]);
             return;
         }
         // RFC 3261 8.2.1: methods we do not implement.
@@ -707,36 +790,20 @@ impl Endpoint {
                 | Method::Message
         );
         if !implemented {
-            self.respond(
-                now,
-                key,
-                &req,
-                501,
-                None,
-                &[("Allow", ALLOW.to_string())],
-                None,
-            );
+            self.respond_stateless(key, &req, 501, &[("Allow", ALLOW.to_string())]);
             return;
         }
         // RFC 3261 8.2.2.3: we support no extensions, so every Require tag is unknown.
         let required = req.headers.list("Require");
         if !required.is_empty() {
             let unsupported = required.join(", ");
-            self.respond(
-                now,
-                key,
-                &req,
-                420,
-                None,
-                &[("Unsupported", unsupported)],
-                None,
-            );
+            self.respond_stateless(key, &req, 420, &[("Unsupported", unsupported)]);
             return;
         }
         if req.method == Method::Invite {
             if let Some(status) = self.check_invite_content(&req) {
                 let accept = self.config.accepted_content_types.join(", ");
-                self.respond(now, key, &req, status, None, &[("Accept", accept)], None);
+                self.respond_stateless(key, &req, status, &[("Accept", accept)]);
                 return;
             }
         }
@@ -747,24 +814,20 @@ impl Endpoint {
         match req.method {
             Method::Register => self.handle_register(now, key, &req, source, transport),
             Method::Invite => self.handle_invite(now, key, req, source, transport),
+            // Out of a dialog, OPTIONS (a scanner's favourite probe) and every refusal
+            // are answered statelessly: no transaction waits out Timer J for them.
             Method::Options => {
                 let headers = self.capability_headers();
-                self.respond(now, key, &req, 200, None, &headers, None);
+                self.respond_stateless(key, &req, 200, &headers);
             }
             // Instant messages are not part of this product: say so (RFC 3428 allows 405).
-            Method::Message => self.respond(
-                now,
-                key,
-                &req,
-                405,
-                None,
-                &[("Allow", ALLOW.to_string())],
-                None,
-            ),
+            Method::Message => {
+                self.respond_stateless(key, &req, 405, &[("Allow", ALLOW.to_string())])
+            }
             // RFC 6665 4.2.1.1: no event packages supported.
-            Method::Subscribe => self.respond(now, key, &req, 489, None, &[], None),
+            Method::Subscribe => self.respond_stateless(key, &req, 489, &[]),
             // BYE / INFO outside a dialog (RFC 3261 12.2.2).
-            _ => self.respond(now, key, &req, 481, None, &[], None),
+            _ => self.respond_stateless(key, &req, 481, &[]),
         }
     }
 
@@ -817,14 +880,16 @@ impl Endpoint {
 
     fn handle_cancel(&mut self, now: Instant, key: &str, req: &Request) {
         let invite_key = transaction_key(req, &Method::Invite);
+        // CANCEL is answered statelessly: a retransmitted CANCEL finds the INVITE
+        // already answered and just gets its 200 again.
         let Some(invite_tx) = self.server_txs.get(invite_key.as_str()) else {
             // RFC 3261 9.2: no matching transaction.
-            self.respond(now, key, req, 481, None, &[], None);
+            self.respond_stateless(key, req, 481, &[]);
             return;
         };
         let call = invite_tx.call;
         let has_final = invite_tx.has_final();
-        self.respond(now, key, req, 200, None, &[], None);
+        self.respond_stateless(key, req, 200, &[]);
         if has_final {
             return;
         }
@@ -890,14 +955,14 @@ impl Endpoint {
     }
 
     fn handle_in_dialog(&mut self, now: Instant, key: &str, req: Request) {
-        let Some(handle) = self.find_dialog(&req) else {
-            self.respond(now, key, &req, 481, None, &[], None);
+        let Some(call) = self
+            .find_dialog(&req)
+            .and_then(|handle| self.calls.get_mut(&handle))
+        else {
+            self.respond_stateless(key, &req, 481, &[]);
             return;
         };
-        let Some(call) = self.calls.get_mut(&handle) else {
-            self.respond(now, key, &req, 481, None, &[], None);
-            return;
-        };
+        let handle = call.handle;
         // RFC 3261 12.2.2: lower CSeq than the last one is out of order.
         if req.cseq.seq <= call.dialog.remote_cseq {
             self.respond(
@@ -955,6 +1020,10 @@ impl Endpoint {
                 if let Some(tx) = self.server_txs.get_mut(key) {
                     tx.call = Some(handle);
                 }
+                self.push_timer(
+                    now + self.config.max_ringing,
+                    TimerTarget::Answer(handle, key.to_string()),
+                );
                 self.respond(now, key, &req, 100, None, &[], None);
                 self.events.push_back(Event::ReInvite {
                     call: handle,
@@ -995,7 +1064,7 @@ impl Endpoint {
     ) {
         // RFC 3261 10.3 step 5: the To header must be a valid AOR.
         let Some(to_uri) = req.to.uri.as_sip() else {
-            self.respond(now, key, req, 400, None, &[], None);
+            self.respond_stateless(key, req, 400, &[]);
             return;
         };
         let aor = to_uri.user_decoded().unwrap_or_default();
@@ -1005,11 +1074,11 @@ impl Endpoint {
             };
             // RFC 3261 10.3 step 4: the authenticated user must own the AOR.
             if user != aor {
-                self.respond(now, key, req, 403, None, &[], None);
+                self.respond_stateless(key, req, 403, &[]);
                 return;
             }
         } else if !self.users.contains_key(&aor) {
-            self.respond(now, key, req, 404, None, &[], None);
+            self.respond_stateless(key, req, 404, &[]);
             return;
         }
         let changes = !matches!(req.contacts(), Ok(None));
@@ -1054,7 +1123,7 @@ impl Endpoint {
                     }
                     _ => Vec::new(),
                 };
-                self.respond(now, key, req, e.status(), None, &headers, None);
+                self.respond_stateless(key, req, e.status(), &headers);
             }
         }
     }
@@ -1092,6 +1161,7 @@ impl Endpoint {
             &creds,
             &realm,
             password.as_deref(),
+            source.ip(),
             &self.tokens,
         );
         match verdict {
@@ -1105,8 +1175,15 @@ impl Endpoint {
                 None
             }
             Verdict::Failed => {
-                self.auth.record_failure(now, source.ip());
+                self.stats.auth_failures += 1;
+                self.auth.record_failure(now, source.ip(), &creds.username);
                 // Unknown user and wrong password get the same fresh challenge.
+                self.challenge(now, key, req, &challenge_realm, false);
+                None
+            }
+            // Not a nonce this source was sent: nothing to count, just a new challenge
+            // (the same answer as a counted failure, so it reveals nothing).
+            Verdict::Unverified => {
                 self.challenge(now, key, req, &challenge_realm, false);
                 None
             }
@@ -1119,20 +1196,39 @@ impl Endpoint {
     /// the transaction key), and a flood of unauthenticated requests costs no memory; a
     /// transaction would otherwise live for Timer J (32 s on UDP) holding its 401.
     fn challenge(&mut self, now: Instant, key: &str, req: &Request, realm: &str, stale: bool) {
-        let Some(tx) = self.forget_server_transaction(key) else {
+        let Some(route) = self.server_txs.get(key).map(|tx| tx.route) else {
             return;
         };
-        let values = self.auth.challenge(now, realm, stale, &self.tokens);
+        // The nonce is bound to where the challenge goes: only that source can use it.
+        let values = self
+            .auth
+            .challenge(now, realm, stale, route.destination.ip(), &self.tokens);
         let headers: Vec<(&str, String)> = values
             .into_iter()
             .map(|v| ("WWW-Authenticate", v))
             .collect();
-        let to_tag = req.to.tag().is_none().then(|| self.derived_tag(key));
+        self.respond_stateless(key, req, 401, &headers);
+    }
+
+    /// Answers without keeping the transaction (RFC 3261 8.2.7 allows a stateless UAS):
+    /// a retransmitted request is simply answered again, with the same To tag (derived
+    /// from the transaction key), so unauthenticated floods and refusals cost no memory.
+    fn respond_stateless(
+        &mut self,
+        key: &str,
+        req: &Request,
+        status: u16,
+        extra: &[(&str, String)],
+    ) {
+        let Some(tx) = self.forget_server_transaction(key) else {
+            return;
+        };
+        let to_tag = (status > 100 && req.to.tag().is_none()).then(|| self.derived_tag(key));
         let bytes = build_response(
             req,
-            401,
+            status,
             to_tag.as_ref(),
-            &headers,
+            extra,
             None,
             tx.route.destination,
             &self.config.user_agent,
@@ -1165,6 +1261,12 @@ impl Endpoint {
             .as_sip()
             .and_then(|u| u.user_decoded())
             .unwrap_or_default();
+        // Admission first, before any work is spent on the request.
+        if self.calls.len() >= self.config.max_calls {
+            self.stats.max_calls_rejects += 1;
+            self.respond_stateless(key, &req, 503, &[("Retry-After", "5".to_string())]);
+            return;
+        }
         let authenticated_user = if self.config.auth_invite {
             match self.authenticate(now, key, &req, source, &from_user) {
                 Some(u) => Some(u),
@@ -1173,6 +1275,18 @@ impl Endpoint {
         } else {
             None
         };
+        if let Some(user) = &authenticated_user {
+            let of_user = self
+                .calls
+                .values()
+                .filter(|c| c.caller.as_deref() == Some(user.as_str()))
+                .count();
+            if of_user >= self.config.max_calls_per_user {
+                self.stats.max_calls_per_user_rejects += 1;
+                self.respond_stateless(key, &req, 486, &[("Retry-After", "5".to_string())]);
+                return;
+            }
+        }
         let handle = CallHandle(self.next_id());
         let local_tag = Tag::new(self.tokens.next_hex("tag", 16));
         let Some(route) = self.server_txs.get(key).map(|tx| tx.route) else {
@@ -1215,7 +1329,12 @@ impl Endpoint {
                 invite_tx: key.to_string(),
                 initial: true,
                 hangup_after_ack: false,
+                caller: event.authenticated_user.clone(),
             },
+        );
+        self.push_timer(
+            now + self.config.max_ringing,
+            TimerTarget::Answer(handle, key.to_string()),
         );
         // RFC 3261 17.2.1: 100 Trying right away so the caller stops retransmitting.
         self.respond(now, key, &req, 100, None, &[], None);
@@ -1361,6 +1480,13 @@ impl Endpoint {
     }
 
     fn send(&mut self, route: Route, bytes: Vec<u8>) {
+        if let Some(code) = bytes
+            .strip_prefix(b"SIP/2.0 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|digits| std::str::from_utf8(digits).ok()?.parse::<u16>().ok())
+        {
+            *self.stats.responses.entry(code).or_default() += 1;
+        }
         self.transmits.push_back(Transmit {
             destination: route.destination,
             transport: route.transport,
@@ -1526,6 +1652,22 @@ impl Endpoint {
         }
     }
 
+    /// An INVITE still unanswered at `max_ringing`: the application is stuck or lost
+    /// it, and the caller must not ring (and hold state here) forever.
+    fn fire_answer_timer(&mut self, now: Instant, call: CallHandle, key: &str) {
+        let pending = self
+            .calls
+            .get(&call)
+            .filter(|c| c.invite_tx == key && c.progress == InviteProgress::AwaitingAnswer)
+            .map(|c| c.initial);
+        let Some(initial) = pending else {
+            return;
+        };
+        self.stats.unanswered_invites += 1;
+        let status = if initial { 408 } else { 500 };
+        let _ = self.reject(now, call, status);
+    }
+
     fn fire_client_timer(&mut self, now: Instant, branch: &str) {
         let timers = self.config.timers;
         let Some(tx) = self.client_txs.get_mut(branch) else {
@@ -1562,6 +1704,27 @@ impl Endpoint {
     pub fn call_count(&self) -> usize {
         self.calls.len()
     }
+
+    /// What the endpoint has counted so far.
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// (source, user) pairs and sources blocked now, and failure records held.
+    pub fn blocking(&self, now: Instant) -> (usize, usize) {
+        (self.auth.blocked_count(now), self.auth.tracked())
+    }
+}
+
+/// The user a request claims to be, for blocking: the Authorization username when
+/// there is one, else the From user.
+fn claimed_user(req: &Request) -> String {
+    req.headers
+        .all("Authorization")
+        .find_map(|v| DigestCredentials::parse(v).ok())
+        .map(|c| c.username)
+        .or_else(|| req.from.uri.as_sip().and_then(|u| u.user_decoded()))
+        .unwrap_or_default()
 }
 
 /// Server transaction key (RFC 3261 17.2.3): branch + sent-by + method, with ACK
@@ -1602,6 +1765,13 @@ fn build_response(
             headers.push("Via", stamp_via(via, source).to_string());
         } else {
             headers.push("Via", via.to_string());
+        }
+    }
+    // RFC 3261 12.1.1: a response that establishes a dialog copies every Record-Route
+    // of the request, in order, so the proxies that asked stay on the path.
+    if req.method == Method::Invite && (101..300).contains(&status) && req.to.tag().is_none() {
+        for rr in req.headers.all("Record-Route") {
+            headers.push("Record-Route", rr.to_string());
         }
     }
     for name in ["From", "To", "Call-ID", "CSeq"] {

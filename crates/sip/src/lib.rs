@@ -25,7 +25,8 @@ pub mod uri;
 
 pub use auth::{AuthPolicy, BlockAction, DigestAlgorithm};
 pub use endpoint::{
-    Body, CallError, Config, EndReason, Endpoint, Event, IncomingCall, Transmit, UserConfig,
+    Body, CallError, Config, EndReason, Endpoint, EndpointStats, Event, IncomingCall, Transmit,
+    UserConfig,
 };
 pub use framer::{Frame, FramingError, StreamFramer, PONG};
 pub use ids::{Branch, CallHandle, CallId, RequestHandle, Tag, Transport};
