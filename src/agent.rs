@@ -43,6 +43,8 @@ pub struct Agent {
     config: sofia_voice::Config,
     /// `<data_dir>/transcripts`: one text file per call.
     transcripts: PathBuf,
+    /// Appends transcript lines off the call tasks.
+    transcript_writer: TranscriptWriter,
     /// How long a turn's reply waits for recall by the meaning of the caller's words
     /// (embedding plus search, tens of ms). Past it, the reply goes without.
     recall_budget: Duration,
@@ -132,6 +134,7 @@ impl Agent {
             vad: Arc::new(vad),
             config,
             transcripts,
+            transcript_writer: TranscriptWriter::start()?,
             recall_budget: Duration::from_millis(profile.memory.recall_budget_ms.into()),
             metrics,
         })
@@ -488,17 +491,49 @@ impl AgentCall {
     }
 
     /// One line per turn, as memory stores it (what was actually played, after a
-    /// barge-in). A few bytes per turn: written in place, not worth a blocking thread.
+    /// barge-in), handed to the writer thread: a slow disk must not stall the call's
+    /// media.
     fn append_transcript(&self, turn: &TurnRecord) {
-        use std::io::Write;
         let line = format!("{} {}: {}\n", turn.unix_ms, turn.role.as_str(), turn.text);
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.transcript)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            warn!(error = %e, "cannot write {}", self.transcript.display());
+        self.agent
+            .transcript_writer
+            .append(self.transcript.clone(), line);
+    }
+}
+
+/// Appends transcript lines on a thread of its own, in the order they were queued.
+/// The queue is unbounded but small by nature (a line per turn, a turn every few
+/// seconds per agent call, and agent calls are admission-controlled): while a disk
+/// stalls, lines wait in memory rather than being dropped.
+struct TranscriptWriter {
+    lines: std::sync::mpsc::Sender<(PathBuf, String)>,
+}
+
+impl TranscriptWriter {
+    fn start() -> anyhow::Result<Self> {
+        let (lines, queued) = std::sync::mpsc::channel::<(PathBuf, String)>();
+        std::thread::Builder::new()
+            .name("transcripts".into())
+            .spawn(move || {
+                use std::io::Write;
+                for (path, line) in queued {
+                    let written = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(line.as_bytes()));
+                    if let Err(e) = written {
+                        warn!(error = %e, "cannot write {}", path.display());
+                    }
+                }
+            })
+            .context("starting the transcript writer")?;
+        Ok(Self { lines })
+    }
+
+    fn append(&self, path: PathBuf, line: String) {
+        if self.lines.send((path, line)).is_err() {
+            warn!("the transcript writer has stopped; a transcript line is lost");
         }
     }
 }

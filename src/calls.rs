@@ -1,16 +1,22 @@
 //! The call layer: routes each incoming call by the dialplan, negotiates its media and
 //! runs it in a task of its own, which owns the call's RTP sockets, its
 //! [`sofia_media::MediaSession`] and its application (echo test, voice agent).
+//!
+//! The router never waits on a call task: events go to a call's bounded channel with
+//! `try_send` (an INFO flood into a busy call is dropped; a re-INVITE that finds the
+//! channel full gets 500 + Retry-After), and the one event that must never be lost,
+//! the end of the call, travels on a oneshot of its own.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sofia_media::{CodecKind, MediaConfig, SdpSession, SessionConfig};
 use sofia_sip::{Body, CallHandle, EndReason, Event, IncomingCall};
-use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, AgentCall, AgentSlot};
 use crate::config::{Application, Codec, Profile};
@@ -29,7 +35,75 @@ pub struct CallLayer {
     pub media_ip: IpAddr,
     /// The voice agent, for calls the dialplan routes to it.
     pub agent: AgentSlot,
+    /// Concurrent agent calls beyond which a new one gets 486 + Retry-After.
+    pub agent_max_calls: usize,
     pub metrics: Arc<Metrics>,
+}
+
+/// Agent calls in progress; each call task holds an [`AgentCallSlot`].
+#[derive(Debug, Default)]
+pub struct AgentCalls(AtomicUsize);
+
+/// One agent call's place in [`AgentCalls`], given back on drop.
+struct AgentCallSlot(Arc<AgentCalls>);
+
+impl AgentCalls {
+    fn admit(self: &Arc<Self>, max: usize) -> Option<AgentCallSlot> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| AgentCallSlot(Arc::clone(self)))
+    }
+}
+
+impl Drop for AgentCallSlot {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Events of a call still in progress; capacity kept free for the ones that matter.
+const CALL_EVENTS: usize = 64;
+/// INFO events are dropped once fewer than this many places are left, so that a
+/// flood cannot crowd out an ACK's answer or a re-INVITE.
+const CALL_EVENTS_RESERVED: usize = 8;
+
+/// How the router reaches one call task.
+struct CallRoute {
+    events: mpsc::Sender<Event>,
+    ended: Option<oneshot::Sender<Event>>,
+}
+
+/// What a call task receives: its events, and the end of the call, which has a
+/// channel of its own and comes first.
+struct CallEvents {
+    events: mpsc::Receiver<Event>,
+    ended: oneshot::Receiver<Event>,
+    over: bool,
+}
+
+impl CallEvents {
+    /// The next event; `None` after the end of the call (or if the router is gone).
+    async fn recv(&mut self) -> Option<Event> {
+        if self.over {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            end = &mut self.ended => {
+                self.over = true;
+                end.ok()
+            }
+            event = self.events.recv() => {
+                if event.is_none() {
+                    self.over = true;
+                }
+                event
+            }
+        }
+    }
 }
 
 /// Where the switch is in its life, as the call layer sees it.
@@ -46,10 +120,11 @@ pub enum Lifecycle {
 /// `Running`, until no call is left.
 pub async fn run(
     layer: CallLayer,
-    mut notices: mpsc::Receiver<CallNotice>,
+    mut notices: mpsc::UnboundedReceiver<CallNotice>,
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
-    let mut calls: HashMap<CallHandle, mpsc::Sender<Event>> = HashMap::new();
+    let mut calls: HashMap<CallHandle, CallRoute> = HashMap::new();
+    let agent_calls = Arc::new(AgentCalls::default());
     let mut recheck = tokio::time::interval(Duration::from_millis(100));
     loop {
         let notice = tokio::select! {
@@ -59,7 +134,7 @@ pub async fn run(
             },
             _ = lifecycle.changed() => continue,
             _ = recheck.tick() => {
-                calls.retain(|_, tx| !tx.is_closed());
+                calls.retain(|_, route| !route.events.is_closed());
                 if *lifecycle.borrow() != Lifecycle::Running && calls.is_empty() {
                     return;
                 }
@@ -68,9 +143,11 @@ pub async fn run(
         };
         match notice {
             CallNotice::Incoming(incoming) => {
-                calls.retain(|_, tx| !tx.is_closed());
-                if let Some(tx) = start_call(&layer, incoming, lifecycle.clone()).await {
-                    calls.insert(tx.0, tx.1);
+                calls.retain(|_, route| !route.events.is_closed());
+                if let Some((call, route)) =
+                    start_call(&layer, &agent_calls, incoming, lifecycle.clone()).await
+                {
+                    calls.insert(call, route);
                 }
             }
             CallNotice::Event(event) => {
@@ -83,11 +160,24 @@ pub async fn run(
                     _ => continue,
                 };
                 let last = matches!(event, Event::CallCancelled { .. } | Event::CallEnded { .. });
-                if let Some(tx) = calls.get(&call) {
-                    let _ = tx.send(event).await;
-                }
                 if last {
-                    calls.remove(&call);
+                    if let Some(ended) = calls.remove(&call).and_then(|mut r| r.ended.take()) {
+                        let _ = ended.send(event);
+                    }
+                    continue;
+                }
+                let Some(route) = calls.get(&call) else {
+                    continue;
+                };
+                if matches!(event, Event::Info { .. })
+                    && route.events.capacity() < CALL_EVENTS_RESERVED
+                {
+                    warn!("call {call:?}: INFO dropped, the call is not keeping up");
+                    continue;
+                }
+                let reinvite = matches!(event, Event::ReInvite { .. });
+                if route.events.try_send(event).is_err() && reinvite {
+                    layer.endpoint.command(call, CallCommand::Reject(500));
                 }
             }
         }
@@ -106,9 +196,10 @@ fn codec_kind(codec: Codec) -> CodecKind {
 /// the channel of the call's task when the call goes on.
 async fn start_call(
     layer: &CallLayer,
+    agent_calls: &Arc<AgentCalls>,
     incoming: IncomingCall,
     lifecycle: watch::Receiver<Lifecycle>,
-) -> Option<(CallHandle, mpsc::Sender<Event>)> {
+) -> Option<(CallHandle, CallRoute)> {
     let call = incoming.call;
     let extension = incoming.user.clone().unwrap_or_default();
     let reject = |status| {
@@ -118,34 +209,45 @@ async fn start_call(
     if *lifecycle.borrow() != Lifecycle::Running {
         // Service Unavailable: the phone may try another server, or later.
         info!("new call while shutting down: 503");
-        reject(503).await;
+        reject(503);
         return None;
     }
     let Some(application) = layer.profile.route(&extension) else {
         info!("call to unknown extension {extension:?}: 404");
-        reject(404).await;
+        reject(404);
         return None;
     };
-    let agent = match application {
+    let (agent, agent_slot) = match application {
         Application::Agent => match layer.agent.get() {
             Ok(agent) => {
+                // Admission: past what this CPU transcribes in time, a caller is told
+                // "busy, retry later" rather than answered and failed mid-call.
+                let Some(slot) = agent_calls.admit(layer.agent_max_calls) else {
+                    info!(
+                        "call to {extension} (agent): {} agent calls in progress, 486",
+                        layer.agent_max_calls
+                    );
+                    layer.metrics.admission_reject("agent_max_calls");
+                    reject(486);
+                    return None;
+                };
                 // Memory loads while the call is set up, not after it is answered.
                 agent.prefetch(&caller_id(&incoming));
-                Some(agent)
+                (Some(agent), Some(slot))
             }
             Err(why) => {
                 // Refused honestly (Temporarily Unavailable) rather than answered with
                 // silence.
                 info!("call to {extension} (agent): {why}, 480");
-                reject(480).await;
+                reject(480);
                 return None;
             }
         },
-        Application::Echo => None,
+        Application::Echo => (None, None),
     };
     let Some(ports) = layer.ports.bind().await else {
         warn!("call to {extension}: no free RTP ports, 503");
-        reject(503).await;
+        reject(503);
         return None;
     };
     let codecs = layer
@@ -157,25 +259,29 @@ async fn start_call(
         .collect();
     let config = MediaConfig::new(codecs, layer.media_ip, ports.pair.rtp);
     let mut sdp = SdpSession::new(config, rand::random::<u32>().into());
-    let offer = incoming
-        .body
-        .as_ref()
-        .filter(|b| b.content_type.eq_ignore_ascii_case(SDP));
+    let offer = incoming.body.as_ref().filter(|b| is_sdp(b));
     let (answer, params) = match offer {
         Some(offer) => match sdp.negotiate(&offer.bytes) {
             Ok(negotiated) => (negotiated.answer_sdp, Some(negotiated.params)),
             Err(e) => {
                 let status = if e.is_not_acceptable() { 488 } else { 400 };
                 info!("call to {extension}: offer refused ({e}), {status}");
-                reject(status).await;
+                reject(status);
                 return None;
             }
         },
         // Late offer (RFC 3264 5): we offer in the 200, the answer comes in the ACK.
         None => (sdp.create_offer(), None),
     };
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(CALL_EVENTS);
+    let (ended_tx, ended_rx) = oneshot::channel();
+    let events = CallEvents {
+        events: rx,
+        ended: ended_rx,
+        over: false,
+    };
     let task = CallTask {
+        _agent_slot: agent_slot,
         call,
         extension,
         application,
@@ -189,10 +295,26 @@ async fn start_call(
         sdp,
         max_duration: Duration::from_secs(layer.profile.calls.max_duration_secs.into()),
         rtp_timeout: Duration::from_secs(layer.profile.calls.rtp_timeout_secs.into()),
+        rejected_reported: 0,
     };
     let delay = Duration::from_millis(layer.profile.calls.answer_delay_ms.into());
-    tokio::spawn(task.run(rx, answer, params, delay));
-    Some((call, tx))
+    tokio::spawn(task.run(events, answer, params, delay));
+    Some((
+        call,
+        CallRoute {
+            events: tx,
+            ended: Some(ended_tx),
+        },
+    ))
+}
+
+/// Whether a body is SDP: the media type without its parameters
+/// (`application/sdp; charset=utf-8` is SDP too), case-insensitively.
+fn is_sdp(body: &Body) -> bool {
+    body.content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(SDP))
 }
 
 /// Who is calling, as memory keys it: the user that authenticated the INVITE, else the
@@ -236,6 +358,8 @@ fn info_dtmf(body: &Body) -> Option<char> {
 }
 
 struct CallTask {
+    /// This call's place among the agent calls (none for other applications).
+    _agent_slot: Option<AgentCallSlot>,
     call: CallHandle,
     extension: String,
     application: Application,
@@ -249,24 +373,34 @@ struct CallTask {
     sdp: SdpSession,
     max_duration: Duration,
     rtp_timeout: Duration,
+    /// Refused media packets already counted in the metrics.
+    rejected_reported: u64,
 }
 
 impl CallTask {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
+        mut events: CallEvents,
         answer: Vec<u8>,
         mut params: Option<sofia_media::MediaParams>,
         delay: Duration,
     ) {
         if !delay.is_zero() {
-            self.endpoint.command(self.call, CallCommand::Ring).await;
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                event = events.recv() => {
-                    // Cancelled (or otherwise ended) while ringing.
-                    info!("call to {} ended while ringing: {event:?}", self.extension);
-                    return;
+            self.endpoint.command(self.call, CallCommand::Ring);
+            let answer_at = tokio::time::sleep(delay);
+            tokio::pin!(answer_at);
+            // Only the end of the call stops the ringing; anything else in the early
+            // dialog (an INFO, say) is taken in and the phone still gets its answer.
+            loop {
+                tokio::select! {
+                    _ = &mut answer_at => break,
+                    event = events.recv() => match event {
+                        Some(Event::CallEnded { .. } | Event::CallCancelled { .. }) | None => {
+                            info!("call to {} ended while ringing: {event:?}", self.extension);
+                            return;
+                        }
+                        Some(other) => debug!("call to {}: while ringing: {other:?}", self.extension),
+                    },
                 }
             }
         }
@@ -274,9 +408,7 @@ impl CallTask {
             content_type: SDP.to_string(),
             bytes: answer,
         };
-        self.endpoint
-            .command(self.call, CallCommand::Answer(body))
-            .await;
+        self.endpoint.command(self.call, CallCommand::Answer(body));
         let _active = ActiveCall::start(&self.metrics, self.application);
         info!(
             "call to {} ({}) from {} answered",
@@ -296,13 +428,13 @@ impl CallTask {
                         }
                         Err(e) => {
                             info!("call to {}: unusable answer in ACK ({e})", self.extension);
-                            self.endpoint.command(self.call, CallCommand::Hangup).await;
+                            self.endpoint.command(self.call, CallCommand::Hangup);
                             return;
                         }
                     },
                     Some(Event::CallConfirmed { body: None, .. }) => {
                         info!("call to {}: ACK without the answer", self.extension);
-                        self.endpoint.command(self.call, CallCommand::Hangup).await;
+                        self.endpoint.command(self.call, CallCommand::Hangup);
                         return;
                     }
                     Some(Event::CallEnded { .. } | Event::CallCancelled { .. }) | None => return,
@@ -324,7 +456,7 @@ impl CallTask {
             Ok(s) => s,
             Err(e) => {
                 warn!("call to {}: cannot start media ({e})", self.extension);
-                self.endpoint.command(self.call, CallCommand::Hangup).await;
+                self.endpoint.command(self.call, CallCommand::Hangup);
                 return;
             }
         };
@@ -339,10 +471,29 @@ impl CallTask {
             agent.finish(Instant::now());
         }
         if !ended {
-            self.endpoint.command(self.call, CallCommand::Hangup).await;
+            self.endpoint.command(self.call, CallCommand::Hangup);
         }
         let stats = session.stats();
+        self.report_rejected(&stats);
         info!("call to {} over: {stats:?}", self.extension);
+    }
+
+    /// Adds the media packets refused since the last report (foreign source or SSRC:
+    /// injection attempts, or a phone that moved) to the metrics.
+    fn report_rejected(&mut self, stats: &sofia_media::Stats) {
+        let rejected = stats.rtp_rejected + stats.rtcp_rejected;
+        if rejected > self.rejected_reported {
+            if self.rejected_reported == 0 {
+                warn!(
+                    "call to {}: media from a foreign source or SSRC refused",
+                    self.extension
+                );
+            }
+            self.metrics
+                .rtp_rejected_packets
+                .inc_by(rejected - self.rejected_reported);
+            self.rejected_reported = rejected;
+        }
     }
 
     /// Runs media (and the agent, on an agent call) until the call ends. Returns true
@@ -350,7 +501,7 @@ impl CallTask {
     async fn media_loop(
         &mut self,
         session: &mut sofia_media::MediaSession,
-        events: &mut mpsc::Receiver<Event>,
+        events: &mut CallEvents,
         mut agent: Option<&mut AgentCall>,
     ) -> bool {
         // The agent says goodbye at the limit itself; give it time to be heard.
@@ -390,7 +541,11 @@ impl CallTask {
                         session.handle_datagram(Instant::now(), from, &rtcp_buf[..n]);
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
+                _ = tokio::time::sleep_until(wake) => {
+                    session.handle_timeout(Instant::now());
+                    let stats = session.stats();
+                    self.report_rejected(&stats);
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     info!("call to {}: maximum duration reached", self.extension);
                     return false;
@@ -409,7 +564,7 @@ impl CallTask {
                         }
                         return true;
                     }
-                    Some(Event::ReInvite { body, .. }) => self.handle_reinvite(session, body).await,
+                    Some(Event::ReInvite { body, .. }) => self.handle_reinvite(session, body),
                     Some(Event::Info { body: Some(body), .. }) => {
                         if let Some(digit) = info_dtmf(&body) {
                             info!("call to {}: DTMF digit {digit} (SIP INFO)", self.extension);
@@ -464,21 +619,15 @@ impl CallTask {
     }
 
     /// A re-INVITE (hold, unhold, session refresh): answer from the same SDP session.
-    async fn handle_reinvite(
-        &mut self,
-        session: &mut sofia_media::MediaSession,
-        body: Option<Body>,
-    ) {
-        let Some(body) = body.filter(|b| b.content_type.eq_ignore_ascii_case(SDP)) else {
+    fn handle_reinvite(&mut self, session: &mut sofia_media::MediaSession, body: Option<Body>) {
+        let Some(body) = body.filter(is_sdp) else {
             // An offerless re-INVITE: offer our current session (RFC 3264 8.1).
             let offer = self.sdp.create_offer();
             let body = Body {
                 content_type: SDP.to_string(),
                 bytes: offer,
             };
-            self.endpoint
-                .command(self.call, CallCommand::Answer(body))
-                .await;
+            self.endpoint.command(self.call, CallCommand::Answer(body));
             return;
         };
         match self.sdp.negotiate(&body.bytes) {
@@ -488,18 +637,14 @@ impl CallTask {
                         "call to {}: re-INVITE media update failed ({e})",
                         self.extension
                     );
-                    self.endpoint
-                        .command(self.call, CallCommand::Reject(488))
-                        .await;
+                    self.endpoint.command(self.call, CallCommand::Reject(488));
                     return;
                 }
                 let body = Body {
                     content_type: SDP.to_string(),
                     bytes: negotiated.answer_sdp,
                 };
-                self.endpoint
-                    .command(self.call, CallCommand::Answer(body))
-                    .await;
+                self.endpoint.command(self.call, CallCommand::Answer(body));
             }
             Err(e) => {
                 let status = if e.is_not_acceptable() { 488 } else { 400 };
@@ -508,8 +653,7 @@ impl CallTask {
                     self.extension
                 );
                 self.endpoint
-                    .command(self.call, CallCommand::Reject(status))
-                    .await;
+                    .command(self.call, CallCommand::Reject(status));
             }
         }
     }

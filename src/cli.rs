@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, CliOverrides, ConfigError, ProcessEnv, Profile};
 use crate::models::{catalog, fetch};
@@ -22,8 +22,27 @@ pub const EXIT_CONFIG: u8 = 2;
                   Dial 5555 for the voice agent, 9196 for the echo test."
 )]
 pub struct Cli {
+    /// Log line format: `text` for people, `json` (one object a line) for log collectors.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "SOFIA_LOG_FORMAT",
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How `serve` writes its log (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Plain lines, coloured on a terminal.
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `fields` (with `message`).
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,13 +104,14 @@ pub enum ModelsCommand {
 }
 
 pub fn run(cli: Cli) -> ExitCode {
+    let log_format = cli.log_format;
     match cli.command {
         Command::Serve { config, data_dir } => {
             let profile = match load_profile(config, data_dir) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            match crate::serve::run(profile) {
+            match crate::serve::run(profile, log_format) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sofia-phone: {e:#}");
@@ -183,19 +203,50 @@ pub fn describe(profile: &Profile) -> String {
             .as_deref()
             .unwrap_or("(not set: the bound address)")
     );
+    if let (Some(name), Some(ip)) = (&profile.sip.external_addr, profile.sip.external_ip) {
+        if name.parse::<std::net::IpAddr>().is_err() {
+            let _ = writeln!(out, "          {name} resolves to {ip} (for SDP)");
+        }
+    }
     let _ = writeln!(
         out,
         "rtp       udp {} ({} concurrent calls)",
         profile.rtp.ports,
         profile.rtp.ports.call_capacity()
     );
-    let codecs: Vec<String> = profile.rtp.codecs.iter().map(|c| c.to_string()).collect();
-    let _ = writeln!(out, "codecs    {}", codecs.join(", "));
-    // The health and metrics listener comes with its own issue; say so rather than
-    // promise a port that nothing answers on.
+    let auto = |configured: u32| if configured == 0 { " (automatic)" } else { "" };
     let _ = writeln!(
         out,
-        "http      {} (health and metrics: not served yet)",
+        "calls     at most {} concurrent{}, {} per caller",
+        profile.max_calls(),
+        auto(profile.calls.max_calls),
+        profile.calls.max_calls_per_user
+    );
+    if profile
+        .dialplan
+        .iter()
+        .any(|r| r.application == config::Application::Agent)
+    {
+        let _ = writeln!(
+            out,
+            "agent     at most {} concurrent calls{}",
+            profile.agent.max_calls(),
+            auto(profile.agent.max_calls)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "limits    {} sip transactions, {} tcp connections ({} per source, closed after {} s idle)",
+        profile.sip.max_transactions,
+        profile.sip.max_tcp_connections,
+        profile.sip.max_tcp_connections_per_source,
+        profile.sip.tcp_idle_secs
+    );
+    let codecs: Vec<String> = profile.rtp.codecs.iter().map(|c| c.to_string()).collect();
+    let _ = writeln!(out, "codecs    {}", codecs.join(", "));
+    let _ = writeln!(
+        out,
+        "http      {} (/health, /livez, /readyz, /metrics)",
         profile.http_listen
     );
     let _ = writeln!(out, "realm     {}", profile.sip.realm);

@@ -5,7 +5,7 @@
 //! (a call task increments `calls_active` when it starts and decrements it in `Drop`, so
 //! no end path can leak it).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,6 +35,51 @@ pub struct StageLabel {
 pub struct OutcomeLabel {
     pub outcome: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// SIP methods counted under their own name; anything else a peer sends is `other`, so
+/// that a stream of made-up methods cannot grow the label set without bound.
+const SIP_METHODS: &[&str] = &[
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+];
+
+/// Admission-control reasons for [`Metrics::admission_reject`].
+pub const REJECT_MAX_CALLS: &str = "max_calls";
+pub const REJECT_AGENT_MAX_CALLS: &str = "agent_max_calls";
+pub const REJECT_MAX_CALLS_PER_USER: &str = "max_calls_per_user";
+pub const REJECT_TRANSACTIONS: &str = "transactions";
 
 pub fn stage_name(stage: Stage) -> &'static str {
     match stage {
@@ -70,8 +115,34 @@ pub struct Metrics {
     pub memory_recalls: Family<OutcomeLabel, Counter>,
     /// Seconds a memory recall took (embedding and search), when it finished in time.
     pub memory_recall_latency: Histogram,
+    /// SIP requests received, by method (unknown methods: `other`).
+    pub sip_requests: Family<MethodLabel, Counter>,
+    /// SIP responses sent, by status code.
+    pub sip_responses: Family<CodeLabel, Counter>,
+    /// Digest authentication failures.
+    pub auth_failures: Counter,
+    /// Source addresses blocked for failing authentication, now.
+    pub blocked_sources: Gauge,
+    /// Live SIP transactions, by kind (`server`, `client`).
+    pub sip_transactions: Family<KindLabel, Gauge>,
+    /// Open SIP TCP connections.
+    pub tcp_connections: Gauge,
+    /// SIP TCP connections refused (over `sip.max_tcp_connections` or the per-source
+    /// limit).
+    pub tcp_connections_refused: Counter,
+    /// RTP packets dropped: from an unexpected source, malformed, or not RTP.
+    pub rtp_rejected_packets: Counter,
+    /// Calls refused by admission control, by reason (`max_calls`, `agent_max_calls`,
+    /// `max_calls_per_user`, `transactions`).
+    pub admission_rejects: Family<ReasonLabel, Counter>,
+    /// Requests answered with a stateless 503 because of overload.
+    pub stateless_overload_responses: Counter,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
+    /// Calls in progress over every application (what `calls_active` sums to).
+    calls_active_total: AtomicI64,
+    /// Set when the switch starts draining on SIGTERM.
+    draining: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -139,6 +210,66 @@ impl Metrics {
             "Memory recall time (embedding and search) of recalls within the budget",
             memory_recall_latency.clone(),
         );
+        let sip_requests = Family::<MethodLabel, Counter>::default();
+        registry.register(
+            "sip_requests",
+            "SIP requests received, by method",
+            sip_requests.clone(),
+        );
+        let sip_responses = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "sip_responses",
+            "SIP responses sent, by status code",
+            sip_responses.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Digest authentication failures",
+            auth_failures.clone(),
+        );
+        let blocked_sources = Gauge::default();
+        registry.register(
+            "blocked_sources",
+            "Source addresses blocked for failing authentication",
+            blocked_sources.clone(),
+        );
+        let sip_transactions = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "sip_transactions",
+            "Live SIP transactions, by kind (server, client)",
+            sip_transactions.clone(),
+        );
+        let tcp_connections = Gauge::default();
+        registry.register(
+            "tcp_connections",
+            "Open SIP TCP connections",
+            tcp_connections.clone(),
+        );
+        let tcp_connections_refused = Counter::default();
+        registry.register(
+            "tcp_connections_refused",
+            "SIP TCP connections refused over the connection limits",
+            tcp_connections_refused.clone(),
+        );
+        let rtp_rejected_packets = Counter::default();
+        registry.register(
+            "rtp_rejected_packets",
+            "RTP packets dropped (unexpected source, malformed)",
+            rtp_rejected_packets.clone(),
+        );
+        let admission_rejects = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "admission_rejects",
+            "Calls refused by admission control, by reason",
+            admission_rejects.clone(),
+        );
+        let stateless_overload_responses = Counter::default();
+        registry.register(
+            "stateless_overload_responses",
+            "Requests answered with a stateless 503 under overload",
+            stateless_overload_responses.clone(),
+        );
         let agent_state = Arc::new(AtomicI64::new(0));
         Self {
             registry,
@@ -153,7 +284,19 @@ impl Metrics {
             registrations,
             memory_recalls,
             memory_recall_latency,
+            sip_requests,
+            sip_responses,
+            auth_failures,
+            blocked_sources,
+            sip_transactions,
+            tcp_connections,
+            tcp_connections_refused,
+            rtp_rejected_packets,
+            admission_rejects,
+            stateless_overload_responses,
             agent_state,
+            calls_active_total: AtomicI64::new(0),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -208,6 +351,125 @@ impl Metrics {
         }
     }
 
+    /// Counts a SIP request received.
+    pub fn sip_request(&self, method: &str) {
+        self.sip_requests_received(method, 1);
+    }
+
+    /// Counts `n` SIP requests received (an increment of the endpoint's own counter).
+    pub fn sip_requests_received(&self, method: &str, n: u64) {
+        let method = SIP_METHODS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(method))
+            .copied()
+            .unwrap_or("other");
+        self.sip_requests
+            .get_or_create(&MethodLabel {
+                method: method.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts a SIP response sent.
+    pub fn sip_response(&self, code: u16) {
+        self.sip_responses_sent(code, 1);
+    }
+
+    /// Counts `n` SIP responses sent with `code`.
+    pub fn sip_responses_sent(&self, code: u16, n: u64) {
+        let code = if (100..700).contains(&code) {
+            code.to_string()
+        } else {
+            "other".to_string()
+        };
+        self.sip_responses
+            .get_or_create(&CodeLabel { code })
+            .inc_by(n);
+    }
+
+    /// Counts a digest authentication failure.
+    pub fn auth_failure(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// Source addresses blocked now.
+    pub fn set_blocked_sources(&self, count: usize) {
+        self.blocked_sources.set(saturating_i64(count));
+    }
+
+    /// Live transactions now: `server` and `client`.
+    pub fn set_sip_transactions(&self, server: usize, client: usize) {
+        for (kind, count) in [("server", server), ("client", client)] {
+            self.sip_transactions
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .set(saturating_i64(count));
+        }
+    }
+
+    /// Live transactions of `kind` (`server` or `client`).
+    pub fn sip_transactions(&self, kind: &str) -> i64 {
+        self.sip_transactions
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .get()
+    }
+
+    /// A SIP TCP connection was accepted.
+    pub fn tcp_connection_opened(&self) {
+        self.tcp_connections.inc();
+    }
+
+    /// A SIP TCP connection closed (for whatever reason).
+    pub fn tcp_connection_closed(&self) {
+        self.tcp_connections.dec();
+    }
+
+    /// A SIP TCP connection was refused over a limit.
+    pub fn tcp_connection_refused(&self) {
+        self.tcp_connections_refused.inc();
+    }
+
+    /// An RTP packet was dropped.
+    pub fn rtp_rejected_packet(&self) {
+        self.rtp_rejected_packets.inc();
+    }
+
+    /// A call refused by admission control; `reason` is one of the `REJECT_*` names.
+    pub fn admission_reject(&self, reason: &str) {
+        self.admission_rejects_by(reason, 1);
+    }
+
+    /// Counts `n` calls refused by admission control for `reason`.
+    pub fn admission_rejects_by(&self, reason: &str, n: u64) {
+        self.admission_rejects
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// A request answered with a stateless 503 because of overload.
+    pub fn stateless_overload_response(&self) {
+        self.stateless_overload_responses.inc();
+    }
+
+    /// Calls in progress, over every application.
+    pub fn calls_active_total(&self) -> i64 {
+        self.calls_active_total.load(Ordering::Relaxed)
+    }
+
+    /// Marks the switch as draining (SIGTERM): it takes no new calls.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -215,6 +477,10 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+fn saturating_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,6 +502,7 @@ impl ActiveCall {
         let label = Metrics::application(application);
         metrics.calls_answered.get_or_create(&label).inc();
         metrics.calls_active.get_or_create(&label).inc();
+        metrics.calls_active_total.fetch_add(1, Ordering::Relaxed);
         Self {
             metrics: Arc::clone(metrics),
             label,
@@ -246,6 +513,9 @@ impl ActiveCall {
 impl Drop for ActiveCall {
     fn drop(&mut self) {
         self.metrics.calls_active.get_or_create(&self.label).dec();
+        self.metrics
+            .calls_active_total
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -288,5 +558,78 @@ mod tests {
             .encode()
             .contains("sofia_calls_active{application=\"echo\"} 0"));
         assert_eq!(m.breakers_open(Stage::Llm), 1);
+    }
+
+    #[test]
+    fn calls_active_total_sums_applications_and_draining_is_a_flag() {
+        let m = Arc::new(Metrics::new());
+        assert_eq!(m.calls_active_total(), 0);
+        let echo = ActiveCall::start(&m, "echo");
+        let agent = ActiveCall::start(&m, "agent");
+        assert_eq!(m.calls_active_total(), 2);
+        drop(echo);
+        assert_eq!(m.calls_active_total(), 1);
+        drop(agent);
+        assert_eq!(m.calls_active_total(), 0);
+        assert!(!m.draining());
+        m.set_draining(true);
+        assert!(m.draining());
+    }
+
+    #[test]
+    fn exposition_carries_sip_overload_and_admission_metrics() {
+        let m = Metrics::new();
+        m.sip_request("INVITE");
+        m.sip_request("invite");
+        m.sip_request("FROBNICATE");
+        m.sip_requests_received("REGISTER", 3);
+        m.sip_response(503);
+        m.sip_responses_sent(200, 4);
+        m.admission_rejects_by(REJECT_TRANSACTIONS, 0);
+        m.sip_response(1000);
+        m.auth_failure();
+        m.set_blocked_sources(3);
+        m.set_sip_transactions(5, 2);
+        m.tcp_connection_opened();
+        m.tcp_connection_opened();
+        m.tcp_connection_closed();
+        m.tcp_connection_refused();
+        m.rtp_rejected_packet();
+        for reason in [
+            REJECT_MAX_CALLS,
+            REJECT_AGENT_MAX_CALLS,
+            REJECT_MAX_CALLS_PER_USER,
+            REJECT_TRANSACTIONS,
+            REJECT_MAX_CALLS,
+        ] {
+            m.admission_reject(reason);
+        }
+        m.stateless_overload_response();
+        let text = m.encode();
+        for line in [
+            "sofia_sip_requests_total{method=\"INVITE\"} 2",
+            "sofia_sip_requests_total{method=\"other\"} 1",
+            "sofia_sip_requests_total{method=\"REGISTER\"} 3",
+            "sofia_sip_responses_total{code=\"200\"} 4",
+            "sofia_sip_responses_total{code=\"503\"} 1",
+            "sofia_sip_responses_total{code=\"other\"} 1",
+            "sofia_auth_failures_total 1",
+            "sofia_blocked_sources 3",
+            "sofia_sip_transactions{kind=\"server\"} 5",
+            "sofia_sip_transactions{kind=\"client\"} 2",
+            "sofia_tcp_connections 1",
+            "sofia_tcp_connections_refused_total 1",
+            "sofia_rtp_rejected_packets_total 1",
+            "sofia_admission_rejects_total{reason=\"max_calls\"} 2",
+            "sofia_admission_rejects_total{reason=\"agent_max_calls\"} 1",
+            "sofia_admission_rejects_total{reason=\"max_calls_per_user\"} 1",
+            "sofia_admission_rejects_total{reason=\"transactions\"} 1",
+            "sofia_stateless_overload_responses_total 1",
+            "# TYPE sofia_sip_requests counter",
+            "# TYPE sofia_tcp_connections gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(m.sip_transactions("server"), 5);
     }
 }

@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::AgentSlot;
 use crate::calls::Lifecycle;
+use crate::cli::LogFormat;
 use crate::config::{Application, Profile, Transport};
 use crate::credentials;
 use crate::media::PortPool;
@@ -18,8 +19,8 @@ use crate::metrics::Metrics;
 use crate::{calls, http, sip};
 use sofia_sip::Endpoint;
 
-pub fn run(profile: Profile) -> anyhow::Result<()> {
-    init_logging();
+pub fn run(profile: Profile, log_format: LogFormat) -> anyhow::Result<()> {
+    init_logging(log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sofia-phone")
@@ -28,7 +29,7 @@ pub fn run(profile: Profile) -> anyhow::Result<()> {
     runtime.block_on(serve(profile))
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOFIA_LOG")
         // LanceDB logs every query plan at info: that is the memory's detail, not the switch's.
         .unwrap_or_else(|_| {
@@ -36,14 +37,18 @@ fn init_logging() {
                 "info,lance=warn,lance_core=warn,lance_index=warn,lance_io=warn,lance_file=warn,lance_table=warn,lance_encoding=warn,lance_datafusion=warn,lancedb=warn",
             )
         });
-    // Colour only on a terminal: logs collected by containers and tests stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour only on a terminal: logs collected by containers and tests stay plain.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // One object a line: timestamp, level, fields (message and the event's fields).
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// The sockets `serve` holds.
@@ -154,6 +159,7 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         sip_addrs,
         has_agent,
+        profile.max_calls(),
     )
     .await?;
     info!("health and metrics on http://{http_addr}/health and /metrics");
@@ -179,6 +185,11 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         endpoint,
         listeners.udp,
         listeners.tcp,
+        sip::TcpLimits {
+            max_connections: profile.sip.max_tcp_connections as usize,
+            max_per_source: profile.sip.max_tcp_connections_per_source as usize,
+            idle: Duration::from_secs(profile.sip.tcp_idle_secs.into()),
+        },
         registrations,
         keepalive,
         Arc::clone(&metrics),
@@ -199,7 +210,8 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         ports,
         media_ip: media_ip(&profile),
         agent: agent.clone(),
-        metrics,
+        agent_max_calls: profile.agent.max_calls(),
+        metrics: Arc::clone(&metrics),
     };
     let (lifecycle, lifecycle_rx) = tokio::sync::watch::channel(Lifecycle::Running);
     let mut calls = tokio::spawn(calls::run(layer, notices, lifecycle_rx));
@@ -213,6 +225,8 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     // themselves; then (or on a second signal) we hang up on the rest, and the endpoint
     // runs until their BYEs are out.
     let drain = Duration::from_secs(profile.calls.drain_secs.into());
+    // Not ready (/readyz) from here on; set before the log line tests wait for.
+    metrics.set_draining(true);
     info!("shutting down: new calls get 503; calls in progress have {drain:?} to end");
     let _ = lifecycle.send(Lifecycle::Draining);
     let drained = tokio::select! {
@@ -240,7 +254,7 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
             tracing::warn!("memory did not finish writing within 20 s; its journal keeps the rest");
         }
     }
-    handle.shutdown().await;
+    handle.shutdown();
     let _ = endpoint_task.await;
     let _ = http_stop.send(());
     let _ = http_task.await;
@@ -270,12 +284,18 @@ pub fn sip_config(profile: &Profile, credentials: &[credentials::Credential]) ->
     config.auth.block_threshold = profile.auth.failures_before_block;
     config.auth.block_duration = Duration::from_secs(profile.auth.block_secs.into());
     config.user_agent = format!("sofia-phone/{}", env!("CARGO_PKG_VERSION"));
+    config.max_server_transactions = profile.sip.max_transactions as usize;
+    config.max_calls = profile.max_calls();
+    config.max_calls_per_user = profile.calls.max_calls_per_user as usize;
     config
 }
 
-/// The address put in SDP `c=` lines: the advertised host when it is an IP address,
-/// else the outward interface's address.
+/// The address put in SDP `c=` lines: the external address (a DNS name resolved when
+/// the profile was loaded), else the bound address, else the outward interface's.
 pub fn media_ip(profile: &Profile) -> std::net::IpAddr {
+    if let Some(ip) = profile.sip.external_ip {
+        return ip;
+    }
     advertised_host(profile)
         .parse()
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))

@@ -4,15 +4,20 @@
 //! hand-over between tasks: at thousands of REGISTERs a second the wake-ups of a
 //! reader task cost more than the SIP work). Messages framed from TCP connections reach
 //! it over a channel. It sends what the endpoint transmits, fires its timers on
-//! the tokio clock, persists registrations, and hands call events to the per-call tasks
-//! (see `calls.rs`), whose commands come back over the same channel. No protocol logic
-//! lives here.
+//! the tokio clock, and hands call events to the call layer (see `calls.rs`), whose
+//! commands come back over a channel of their own. No protocol logic lives here.
+//!
+//! No task here awaits a send to a task that can wait on it in turn (the cycle that
+//! stalls signalling under load): the endpoint task only ever `try_send`s or sends on
+//! unbounded channels, whose size admission control bounds (`calls.max_calls` bounds
+//! the calls, each call has a handful of events and commands). Registrations are
+//! written by a thread of their own, so a slow disk delays nothing but the file.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sofia_sip::{
@@ -28,8 +33,12 @@ use crate::metrics::Metrics;
 /// Largest UDP datagram we read; larger SIP messages must use TCP (RFC 3261 18.1.1).
 const MAX_DATAGRAM: usize = 65_535;
 /// Messages queued for the endpoint task; past this, TCP readers wait, instead of
-/// memory growing without bound.
+/// memory growing without bound. (Only the socket tasks send here; commands and
+/// shutdown have their own channel, so a TCP flood cannot hold them up.)
 const INBOX_DEPTH: usize = 4096;
+/// Longest a TCP connection may hold a partial message (slowloris): a phone sends a
+/// whole message at once, in a few segments at most.
+const PARTIAL_MESSAGE_LIMIT: Duration = Duration::from_secs(30);
 /// Datagrams handled per wake-up before the responses go out and other input (TCP,
 /// commands, timers) gets its turn.
 const UDP_BATCH: usize = 64;
@@ -69,6 +78,12 @@ pub enum Input {
     ConnectionClosed {
         peer: SocketAddr,
     },
+}
+
+/// What other tasks ask of the endpoint task. Unbounded: each call sends a handful of
+/// commands in its life, and calls are admission-controlled; so senders never wait.
+#[derive(Debug)]
+enum Control {
     Command {
         call: CallHandle,
         command: CallCommand,
@@ -76,19 +91,38 @@ pub enum Input {
     Shutdown,
 }
 
-/// A handle other tasks use to reach the endpoint task.
+/// A handle other tasks use to reach the endpoint task. Its methods never wait.
 #[derive(Debug, Clone)]
 pub struct EndpointHandle {
-    tx: mpsc::Sender<Input>,
+    control: mpsc::UnboundedSender<Control>,
 }
 
 impl EndpointHandle {
-    pub async fn command(&self, call: CallHandle, command: CallCommand) {
-        let _ = self.tx.send(Input::Command { call, command }).await;
+    pub fn command(&self, call: CallHandle, command: CallCommand) {
+        let _ = self.control.send(Control::Command { call, command });
     }
 
-    pub async fn shutdown(&self) {
-        let _ = self.tx.send(Input::Shutdown).await;
+    pub fn shutdown(&self) {
+        let _ = self.control.send(Control::Shutdown);
+    }
+}
+
+/// Bounds on the TCP side of the shell.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub max_per_source: usize,
+    /// A connection with nothing received for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_per_source: 64,
+            idle: Duration::from_secs(300),
+        }
     }
 }
 
@@ -106,22 +140,26 @@ pub fn start(
     endpoint: Endpoint,
     udp: Option<UdpSocket>,
     tcp: Option<TcpListener>,
+    tcp_limits: TcpLimits,
     registrations_file: PathBuf,
     keepalive: Option<Keepalive>,
     metrics: Arc<Metrics>,
 ) -> (
     EndpointHandle,
-    mpsc::Receiver<CallNotice>,
+    mpsc::UnboundedReceiver<CallNotice>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(INBOX_DEPTH);
-    let (notice_tx, notice_rx) = mpsc::channel(1024);
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let (notice_tx, notice_rx) = mpsc::unbounded_channel();
     let udp = udp.map(Arc::new);
     if let Some(listener) = tcp {
         tokio::spawn(tcp_acceptor(
             listener,
             tx.clone(),
             endpoint.config().max_message_size,
+            tcp_limits,
+            Arc::clone(&metrics),
         ));
     }
     let task = EndpointTask {
@@ -129,16 +167,23 @@ pub fn start(
         udp,
         connections: HashMap::new(),
         notices: notice_tx,
-        registrations_file,
+        registrations: RegistrationWriter::start(registrations_file),
         persist_at: None,
         keepalive_at: keepalive
             .as_ref()
             .map(|k| tokio::time::Instant::now() + k.interval),
         keepalive,
         metrics,
+        reported: sofia_sip::EndpointStats::default(),
     };
-    let join = tokio::spawn(task.run(rx));
-    (EndpointHandle { tx }, notice_rx, join)
+    let join = tokio::spawn(task.run(rx, control_rx));
+    (
+        EndpointHandle {
+            control: control_tx,
+        },
+        notice_rx,
+        join,
+    )
 }
 
 /// Reads saved registrations, if any. A damaged file is reported and ignored: phones
@@ -178,8 +223,8 @@ struct EndpointTask {
     endpoint: Endpoint,
     udp: Option<Arc<UdpSocket>>,
     connections: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
-    notices: mpsc::Sender<CallNotice>,
-    registrations_file: PathBuf,
+    notices: mpsc::UnboundedSender<CallNotice>,
+    registrations: RegistrationWriter,
     /// When the changed bindings are due on disk. Writes are batched (at most one per
     /// [`PERSIST_DELAY`]) so a registration storm is not a storm of file rewrites; a
     /// crash loses at most that much, and phones re-register anyway.
@@ -187,21 +232,73 @@ struct EndpointTask {
     keepalive: Option<Keepalive>,
     keepalive_at: Option<tokio::time::Instant>,
     metrics: Arc<Metrics>,
+    /// The endpoint's counters as last copied into `metrics`.
+    reported: sofia_sip::EndpointStats,
 }
 
 const PERSIST_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often the endpoint's counters and gauges are copied into the metrics.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 impl EndpointTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
         let udp = self.udp.clone();
         let mut datagram = vec![0u8; MAX_DATAGRAM];
+        let mut metrics_tick = tokio::time::interval(METRICS_EVERY);
+        metrics_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .endpoint
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std);
             let input = tokio::select! {
-                input = rx.recv() => input,
+                // Commands first: answering a call must not queue behind a TCP flood.
+                biased;
+                control = control.recv() => {
+                    let now = Instant::now();
+                    match control {
+                        Some(Control::Command { call, command }) => {
+                            let result = match command {
+                                CallCommand::Ring => self.endpoint.ring(now, call),
+                                CallCommand::Answer(body) => self.endpoint.answer(now, call, body),
+                                CallCommand::Reject(status) => {
+                                    self.endpoint.reject(now, call, status)
+                                }
+                                CallCommand::Hangup => self.endpoint.hangup(now, call),
+                            };
+                            if let Err(e) = result {
+                                debug!("call {:?}: command refused: {e}", call);
+                            }
+                            self.flush().await;
+                            continue;
+                        }
+                        // Shutdown, or every handle is gone (nobody can stop us later).
+                        Some(Control::Shutdown) | None => {
+                            self.flush().await;
+                            if self.persist_at.is_some() {
+                                self.persist_registrations();
+                            }
+                            let writer = self.registrations;
+                            let finished = tokio::task::spawn_blocking(move || {
+                                writer.finish(Duration::from_secs(5))
+                            });
+                            if !matches!(finished.await, Ok(true)) {
+                                warn!("registrations were not written within 5 s of shutdown");
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ = metrics_tick.tick() => {
+                    self.report_metrics();
+                    continue;
+                }
+                // Only the TCP side sends here; with no TCP it is closed at once.
+                Some(input) = rx.recv() => input,
                 Ok(()) = async {
                     match &udp {
                         Some(socket) => socket.readable().await,
@@ -229,7 +326,6 @@ impl EndpointTask {
                     continue;
                 }
             };
-            let Some(input) = input else { break };
             let now = Instant::now();
             match input {
                 Input::TcpMessage { source, bytes } => {
@@ -245,24 +341,6 @@ impl EndpointTask {
                 }
                 Input::ConnectionClosed { peer } => {
                     self.connections.remove(&peer);
-                }
-                Input::Command { call, command } => {
-                    let result = match command {
-                        CallCommand::Ring => self.endpoint.ring(now, call),
-                        CallCommand::Answer(body) => self.endpoint.answer(now, call, body),
-                        CallCommand::Reject(status) => self.endpoint.reject(now, call, status),
-                        CallCommand::Hangup => self.endpoint.hangup(now, call),
-                    };
-                    if let Err(e) = result {
-                        debug!("call {:?}: command refused: {e}", call);
-                    }
-                }
-                Input::Shutdown => {
-                    self.flush().await;
-                    if self.persist_at.is_some() {
-                        self.persist_registrations();
-                    }
-                    break;
                 }
             }
             self.flush().await;
@@ -297,13 +375,13 @@ impl EndpointTask {
                         .get_or_insert_with(|| tokio::time::Instant::now() + PERSIST_DELAY);
                 }
                 Event::IncomingCall(call) => {
-                    let _ = self.notices.send(CallNotice::Incoming(call)).await;
+                    let _ = self.notices.send(CallNotice::Incoming(call));
                 }
                 Event::RequestCompleted { request, status } => {
                     debug!("keep-alive {request:?}: {status:?}");
                 }
                 other => {
-                    let _ = self.notices.send(CallNotice::Event(other)).await;
+                    let _ = self.notices.send(CallNotice::Event(other));
                 }
             }
         }
@@ -364,25 +442,144 @@ impl EndpointTask {
         }
     }
 
+    /// Hands the bindings to the writer thread: taking the snapshot is a copy in
+    /// memory; serialising and the disk happen there.
     fn persist_registrations(&mut self) {
         self.persist_at = None;
         let snapshot = self.endpoint.registrar_snapshot(Instant::now(), unix_now());
         self.metrics
             .registrations
             .set(snapshot.bindings.len() as i64);
-        let result = serde_json::to_vec_pretty(&snapshot)
-            .context("serialising registrations")
-            .and_then(|json| write_atomic(&self.registrations_file, &json));
-        if let Err(e) = result {
-            warn!("cannot save registrations: {e:#}");
+        self.registrations.save(snapshot);
+    }
+
+    /// Copies the endpoint's counters (as increments) and gauges into the metrics.
+    fn report_metrics(&mut self) {
+        let now = Instant::now();
+        let stats = self.endpoint.stats().clone();
+        let m = &self.metrics;
+        for (method, n) in &stats.requests {
+            let before = self.reported.requests.get(method).copied().unwrap_or(0);
+            m.sip_requests_received(method, n - before);
+        }
+        for (code, n) in &stats.responses {
+            let before = self.reported.responses.get(code).copied().unwrap_or(0);
+            m.sip_responses_sent(*code, n - before);
+        }
+        let r = &self.reported;
+        m.auth_failures
+            .inc_by(stats.auth_failures - r.auth_failures);
+        m.stateless_overload_responses
+            .inc_by(stats.transaction_overload - r.transaction_overload);
+        m.admission_rejects_by(
+            "transactions",
+            stats.transaction_overload - r.transaction_overload,
+        );
+        m.admission_rejects_by("max_calls", stats.max_calls_rejects - r.max_calls_rejects);
+        m.admission_rejects_by(
+            "max_calls_per_user",
+            stats.max_calls_per_user_rejects - r.max_calls_per_user_rejects,
+        );
+        let (blocked, _tracked) = self.endpoint.blocking(now);
+        m.blocked_sources.set(blocked as i64);
+        let (server, client) = self.endpoint.transaction_count();
+        m.set_sip_transactions(server, client);
+        self.reported = stats;
+    }
+}
+
+/// Writes registration snapshots on a thread of its own: the newest snapshot waits in
+/// a slot (older ones it replaces are never written), so a stalled disk holds one
+/// snapshot in memory and stalls nothing else. Each write is atomic and durable:
+/// temporary file, fsync, rename, fsync of the directory.
+struct RegistrationWriter {
+    shared: Arc<WriterShared>,
+    wake: std::sync::mpsc::SyncSender<()>,
+}
+
+struct WriterShared {
+    /// The snapshot waiting to be written, and whether a write is in progress.
+    slot: Mutex<(Option<RegistrarSnapshot>, bool)>,
+    idle: std::sync::Condvar,
+}
+
+impl RegistrationWriter {
+    fn start(path: PathBuf) -> Self {
+        let shared = Arc::new(WriterShared {
+            slot: Mutex::new((None, false)),
+            idle: std::sync::Condvar::new(),
+        });
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread_shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("registrations".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    let snapshot = {
+                        let mut slot = lock(&thread_shared.slot);
+                        slot.1 = slot.0.is_some();
+                        slot.0.take()
+                    };
+                    if let Some(snapshot) = snapshot {
+                        let result = serde_json::to_vec_pretty(&snapshot)
+                            .context("serialising registrations")
+                            .and_then(|json| write_durably(&path, &json));
+                        if let Err(e) = result {
+                            warn!("cannot save registrations: {e:#}");
+                        }
+                    }
+                    lock(&thread_shared.slot).1 = false;
+                    thread_shared.idle.notify_all();
+                }
+            });
+        if let Err(e) = spawned {
+            warn!("cannot start the registrations writer: {e}; bindings will not be saved");
+        }
+        Self { shared, wake }
+    }
+
+    fn save(&self, snapshot: RegistrarSnapshot) {
+        lock(&self.shared.slot).0 = Some(snapshot);
+        // A wake-up already pending will pick the newest snapshot up.
+        let _ = self.wake.try_send(());
+    }
+
+    /// Waits until what was saved is on disk, at most `limit`; false on timeout.
+    fn finish(self, limit: Duration) -> bool {
+        let guard = lock(&self.shared.slot);
+        let result = self
+            .shared
+            .idle
+            .wait_timeout_while(guard, limit, |(pending, writing)| {
+                pending.is_some() || *writing
+            });
+        match result {
+            Ok((_, timeout)) => !timeout.timed_out(),
+            Err(_) => false,
         }
     }
 }
 
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_durably(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    // The rename is durable once the directory is.
+    if let Some(dir) = path.parent() {
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -392,11 +589,84 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-async fn tcp_acceptor(listener: TcpListener, tx: mpsc::Sender<Input>, max_message_size: usize) {
+/// Connections open now, in all and per source address: the acceptor refuses past
+/// [`TcpLimits`], and each connection's [`ConnectionSlot`] gives its place back when
+/// the connection ends, however it ends.
+#[derive(Default)]
+struct ConnectionCount {
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct ConnectionSlot {
+    count: Arc<ConnectionCount>,
+    ip: IpAddr,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionCount {
+    /// A slot for a new connection from `ip`, or `None` past a limit.
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limits: &TcpLimits,
+        metrics: &Arc<Metrics>,
+    ) -> Option<ConnectionSlot> {
+        let mut per_source = lock(&self.per_source);
+        let total: usize = per_source.values().sum();
+        let from_ip = per_source.get(&ip).copied().unwrap_or(0);
+        if total >= limits.max_connections || from_ip >= limits.max_per_source {
+            return None;
+        }
+        per_source.insert(ip, from_ip + 1);
+        metrics.tcp_connections.set((total + 1) as i64);
+        Some(ConnectionSlot {
+            count: Arc::clone(self),
+            ip,
+            metrics: Arc::clone(metrics),
+        })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut per_source = lock(&self.count.per_source);
+        if let Some(n) = per_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_source.remove(&self.ip);
+            }
+        }
+        let total: usize = per_source.values().sum();
+        self.metrics.tcp_connections.set(total as i64);
+    }
+}
+
+async fn tcp_acceptor(
+    listener: TcpListener,
+    tx: mpsc::Sender<Input>,
+    max_message_size: usize,
+    limits: TcpLimits,
+    metrics: Arc<Metrics>,
+) {
+    let count = Arc::new(ConnectionCount::default());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(tcp_connection(stream, peer, tx.clone(), max_message_size));
+                let Some(slot) = count.admit(peer.ip(), &limits, &metrics) else {
+                    // Closed at once: past the limit a connection costs nothing more.
+                    metrics.tcp_connections_refused.inc();
+                    debug!("tcp connection from {peer} refused: connection limit");
+                    drop(stream);
+                    continue;
+                };
+                tokio::spawn(tcp_connection(
+                    stream,
+                    peer,
+                    tx.clone(),
+                    max_message_size,
+                    limits.idle,
+                    slot,
+                ));
             }
             Err(e) => {
                 warn!("tcp accept: {e}");
@@ -411,6 +681,8 @@ async fn tcp_connection(
     peer: SocketAddr,
     tx: mpsc::Sender<Input>,
     max_message_size: usize,
+    idle: Duration,
+    _slot: ConnectionSlot,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
@@ -434,10 +706,22 @@ async fn tcp_connection(
     });
     let mut framer = StreamFramer::new(max_message_size);
     let mut buf = vec![0u8; 16 * 1024];
+    // When the partial message now buffered started arriving.
+    let mut partial_since: Option<tokio::time::Instant> = None;
     'read: loop {
-        let n = match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        // Idle connections are closed after `idle`; a message begun but not finished
+        // gets at most PARTIAL_MESSAGE_LIMIT, however slowly its bytes trickle in.
+        let limit = match partial_since {
+            Some(since) => (since + PARTIAL_MESSAGE_LIMIT).min(tokio::time::Instant::now() + idle),
+            None => tokio::time::Instant::now() + idle,
+        };
+        let n = match tokio::time::timeout_at(limit, reader.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                debug!("tcp connection from {peer}: closed, idle or a message never finished");
+                break;
+            }
         };
         framer.push(&buf[..n]);
         loop {
@@ -467,8 +751,156 @@ async fn tcp_connection(
                 }
             }
         }
+        partial_since = match (framer.buffered(), partial_since) {
+            (0, _) => None,
+            (_, Some(since)) => Some(since),
+            (_, None) => Some(tokio::time::Instant::now()),
+        };
     }
     let _ = tx.send(Input::ConnectionClosed { peer }).await;
     drop(out_tx);
     let _ = write_task.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIP request from 127.0.0.1:`port` with a fresh branch.
+    fn request(method: &str, n: usize, port: u16) -> Vec<u8> {
+        format!(
+            "{method} sip:9196@127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-flood-{method}-{n};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1>;tag=f{n}\r\n\
+             To: <sip:9196@127.0.0.1>\r\nCall-ID: flood-{method}-{n}\r\n\
+             CSeq: 1 {method}\r\nContact: <sip:1000@127.0.0.1:{port}>\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// The call layer stops reading (as when it, or a call it waits on, is stuck)
+    /// while INVITEs flood in: the endpoint task must go on answering everyone else.
+    /// With a bounded notice channel it used to block on the 1025th notice.
+    #[tokio::test]
+    async fn signalling_goes_on_while_the_call_layer_is_not_reading() {
+        let mut config = sofia_sip::Config::new("test", "127.0.0.1", [3; 32]);
+        config.auth_invite = false;
+        config.max_calls = 500;
+        let endpoint = Endpoint::new(config, Instant::now());
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let switch = udp.local_addr().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (_handle, notices, _task) = start(
+            endpoint,
+            Some(udp),
+            None,
+            TcpLimits::default(),
+            data.path().join("registrations.json"),
+            None,
+            Arc::new(Metrics::new()),
+        );
+        // Held, never read.
+        let _blocked_call_layer = notices;
+        let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let flood_port = flood.local_addr().unwrap().port();
+        for n in 0..3000 {
+            flood
+                .send_to(&request("INVITE", n, flood_port), switch)
+                .unwrap();
+            if n % 100 == 0 {
+                // Leave the socket buffers room; the endpoint reads in batches.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let probe_port = probe.local_addr().unwrap().port();
+        probe
+            .send_to(&request("OPTIONS", 0, probe_port), switch)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let answered = tokio::time::timeout(Duration::from_secs(5), probe.recv_from(&mut buf))
+            .await
+            .expect("OPTIONS unanswered: the endpoint task is stalled")
+            .unwrap();
+        assert!(buf[..answered.0].starts_with(b"SIP/2.0 200"));
+    }
+
+    /// Opens the FIFO's read side when dropped, so that whoever is stuck writing it
+    /// gets going again and the test ends (pass or fail) instead of hanging.
+    struct UnblockFifo(PathBuf);
+
+    impl Drop for UnblockFifo {
+        fn drop(&mut self) {
+            let fifo = self.0.clone();
+            std::thread::spawn(move || std::fs::read(fifo));
+        }
+    }
+
+    /// A registrations file that blocks on write (a FIFO nobody reads: a hung disk)
+    /// must not hold up signalling, and shutdown gives up on it after its limit. (Two
+    /// worker threads: written on the SIP task, as it was, the write blocks a whole
+    /// thread, and the test's timeouts must still run to fail it.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_registrations_disk_does_not_stall_signalling() {
+        let data = tempfile::tempdir().unwrap();
+        let file = data.path().join("registrations.json");
+        let fifo = file.with_extension("tmp");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _unblock = UnblockFifo(fifo);
+        let mut config = sofia_sip::Config::new("test", "127.0.0.1", [3; 32]);
+        config.auth_register = false;
+        config = config.with_user("1000", "x");
+        let endpoint = Endpoint::new(config, Instant::now());
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let switch = udp.local_addr().unwrap();
+        let (handle, _notices, task) = start(
+            endpoint,
+            Some(udp),
+            None,
+            TcpLimits::default(),
+            file,
+            None,
+            Arc::new(Metrics::new()),
+        );
+        let phone = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = phone.local_addr().unwrap().port();
+        let register = format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-reg-1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:1000@127.0.0.1>;tag=r1\r\n\
+             To: <sip:1000@127.0.0.1>\r\nCall-ID: reg-1\r\nCSeq: 1 REGISTER\r\n\
+             Contact: <sip:1000@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut buf = vec![0u8; 4096];
+        phone.send_to(register.as_bytes(), switch).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), phone.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+        // Past PERSIST_DELAY the snapshot is being written, into the FIFO, forever.
+        tokio::time::sleep(PERSIST_DELAY * 3).await;
+        for i in 0..3 {
+            phone
+                .send_to(&request("OPTIONS", i, port), switch)
+                .await
+                .unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(2), phone.recv(&mut buf))
+                .await
+                .expect("signalling stalled behind the registrations file")
+                .unwrap();
+            assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+        }
+        handle.shutdown();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("shutdown waited on the stalled disk without a limit")
+            .unwrap();
+    }
 }

@@ -206,6 +206,43 @@ fn cancel_while_ringing_gets_487_and_frees_the_ports() {
     server.terminate();
 }
 
+/// A call that rings (tests/profiles/ringing.toml) and gets an INFO in its early
+/// dialog, with the offer's Content-Type `sdp_type`; SIPp checks that it is answered
+/// with SDP and then stays up for 2 s until SIPp's BYE.
+fn ringing_call_with_info(sdp_type: &str) -> std::process::Output {
+    let data = tempfile::tempdir().unwrap();
+    let (sip_port, rtp) = (free_port(), free_rtp_pair());
+    let server = start_with_profile(data.path(), sip_port, rtp, "tests/profiles/ringing.toml");
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let phone_port = phone.local_addr().unwrap().port().to_string();
+    let out = sipp(
+        "info_while_ringing.xml",
+        sip_port,
+        &call_args(
+            "9196",
+            &phone_port,
+            &["-key", "sdp_type", sdp_type, "-d", "2000"],
+        ),
+    );
+    server.terminate();
+    out
+}
+
+#[test]
+fn an_info_while_ringing_does_not_leave_the_call_ringing_forever() {
+    // It used to end the call task without a final response: the INVITE rang forever.
+    let out = ringing_call_with_info("application/sdp");
+    assert_sipp_ok(&out, "INFO in the early dialog, then the 200");
+}
+
+#[test]
+fn an_offer_whose_content_type_has_parameters_is_answered_as_sdp() {
+    // It used to be taken for "no offer": the 200 carried an offer, the ACK no answer,
+    // and the switch hung up.
+    let out = ringing_call_with_info("application/sdp; charset=utf-8");
+    assert_sipp_ok(&out, "offer with Content-Type parameters");
+}
+
 /// SIPp's call (from 1000, with digest) to the echo extension lasting `millis`, in a
 /// thread; its offer names a port the test holds but does not read.
 fn echo_call_in_background(

@@ -139,3 +139,162 @@ fn models_fetch_second_run_downloads_nothing() {
         );
     }
 }
+
+#[test]
+fn check_config_reports_an_external_addr_that_does_not_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unresolvable.toml");
+    let text = std::fs::read_to_string("sip-profiles/default.toml")
+        .unwrap()
+        .replace(
+            "external_addr = \"\"",
+            "external_addr = \"no-such-host.invalid\"",
+        );
+    std::fs::write(&path, text).unwrap();
+    let out = sofia()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("unresolvable.toml"), "{err}");
+    assert!(err.contains("`sip.external_addr`"), "{err}");
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+    assert!(
+        err.contains("use an IP address or a name that resolves"),
+        "{err}"
+    );
+    // A name that resolves is shown with its address, and the limits are listed.
+    let out = sofia()
+        .args(["check-config", "--config", "sip-profiles/default.toml"])
+        .env("SOFIA_EXTERNAL_ADDR", "localhost")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("external  localhost"), "{text}");
+    assert!(text.contains("localhost resolves to 127.0.0.1"), "{text}");
+    assert!(text.contains("calls     at most "), "{text}");
+    assert!(text.contains("(automatic), 8 per caller"), "{text}");
+    assert!(text.contains("20000 sip transactions"), "{text}");
+}
+
+/// Output lines of a `serve` started with `args` before the subcommand (and `env`),
+/// up to the one containing `needle`; the process is killed afterwards.
+fn serve_lines(global_args: &[&str], env: &[(&str, &str)], needle: &str) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = sofia()
+        .args(global_args)
+        .args([
+            "serve",
+            "--config",
+            "sip-profiles/default.toml",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("SOFIA_SIP_LISTEN", "127.0.0.1")
+        .env("SOFIA_SIP_PORT", free_port().to_string())
+        .env("SOFIA_HTTP_ADDR", "127.0.0.1:0")
+        .env("SOFIA_MODELS_DIR", data.path().join("no-models"))
+        .env("SOFIA_USERS", "1000:secret123")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(line) => {
+                let done = line.contains(needle);
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no line containing {needle:?}; got {lines:#?}");
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+fn assert_json_log(lines: &[String]) {
+    assert!(!lines.is_empty());
+    for line in lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\nall: {lines:#?}"));
+        assert!(value.is_object(), "{line}");
+        assert!(value["level"].is_string(), "no level: {line}");
+        assert!(value["fields"].is_object(), "no fields: {line}");
+    }
+}
+
+#[test]
+fn serve_with_log_format_json_logs_one_json_object_a_line() {
+    let lines = serve_lines(&["--log-format", "json"], &[], "listening for SIP on tcp");
+    assert_json_log(&lines);
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(last["level"], "INFO", "{last}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("listening for SIP on tcp 127.0.0.1:"),
+        "{last}"
+    );
+    // The environment variable does the same; the flag wins over it.
+    let lines = serve_lines(
+        &[],
+        &[("SOFIA_LOG_FORMAT", "json")],
+        "listening for SIP on tcp",
+    );
+    assert_json_log(&lines);
+    let lines = serve_lines(
+        &["--log-format", "text"],
+        &[("SOFIA_LOG_FORMAT", "json")],
+        "listening for SIP on tcp",
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn bad_log_format_is_a_usage_error_naming_the_choices() {
+    let out = sofia()
+        .args(["--log-format", "xml", "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid value 'xml'"), "{err}");
+    assert!(err.contains("--log-format"), "{err}");
+    assert!(err.contains("text") && err.contains("json"), "{err}");
+    let out = sofia()
+        .arg("check-config")
+        .env("SOFIA_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("invalid value 'yaml'"), "{err}");
+}

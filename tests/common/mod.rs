@@ -26,6 +26,7 @@ pub fn sofia() -> Command {
         "SOFIA_HTTP_ADDR",
         "SOFIA_DATA_DIR",
         "SOFIA_USERS",
+        "SOFIA_LOG_FORMAT",
     ] {
         cmd.env_remove(var);
     }

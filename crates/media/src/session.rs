@@ -14,11 +14,23 @@
 //!   on the first packet of the stream and on the first packet of each talkspurt
 //!   (RFC 3551 4.1). [`IdleMode::Suppress`] sends nothing while idle.
 //! - Symmetric RTP (RFC 4961): the first valid RTP packet's source becomes the
-//!   destination, replacing the SDP address; another source takes over only after
-//!   [`RELATCH_PACKETS`] consecutive packets from it with none from the current one.
-//! - An audio SSRC change is accepted when the old SSRC has been silent for
-//!   [`SSRC_IDLE`] or the new one sent [`SSRC_CONFIRM`] packets in a row.
-//!   Telephone events may use an SSRC of their own (SIPp's pcap replay).
+//!   destination, replacing the SDP address (phones behind NAT send from another
+//!   address than their SDP's), but packets from the SDP address win over that first
+//!   latch. Once latched, RTP is played only from the latched source and its SSRC;
+//!   anything else is dropped and counted ([`Stats::rtp_rejected`]), so a stranger
+//!   who guesses the port can neither inject audio nor DTMF. Another source takes
+//!   over only after the latched one has been silent for [`RELATCH_SILENCE`] and the
+//!   new one sent [`RELATCH_PACKETS`] packets of one consistent stream: a flood
+//!   while the real phone keeps sending never moves the latch. A re-INVITE with a
+//!   new address ([`MediaSession::update`]) latches afresh.
+//! - SSRC (RFC 3550 8.2): the audio SSRC seen on the latched source is pinned; a new
+//!   one from the same source is accepted when the old one has been silent for
+//!   [`SSRC_IDLE`] (a phone that restarts its stream, e.g. after hold), at once after
+//!   a re-INVITE ([`MediaSession::update`]) or a re-latch. Telephone events may use
+//!   one SSRC of their own (SIPp's pcap replay), pinned until either of those.
+//! - RTCP: the first RTCP source is latched; after that RTCP is read only from it,
+//!   or from the latched RTP source's IP with the RTCP port (the phone moved), and
+//!   anything else is counted in [`Stats::rtcp_rejected`].
 
 use crate::codec::{CodecError, Decoder, Encoder};
 use crate::dtmf::DtmfDetector;
@@ -34,12 +46,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 
-/// Consecutive packets from a new source before symmetric RTP re-latches to it.
-pub const RELATCH_PACKETS: u32 = 10;
-/// Silence of the current SSRC after which a new SSRC takes over at once.
+/// How long the latched source must have sent no RTP before another may take over.
+/// A live stream sends every ptime (10-120 ms) and even a bad Wi-Fi stall rarely
+/// lasts more than a few hundred ms, so a second of nothing means the old path is
+/// gone (NAT rebinding, a switch from Wi-Fi to mobile data); and a phone that really
+/// moved is heard again about a second later. (A phone that suppresses silence
+/// without sending comfort noise leaves a window while it is quiet; a stranger then
+/// still needs [`RELATCH_PACKETS`] packets of one stream.)
+pub const RELATCH_SILENCE: Duration = Duration::from_secs(1);
+/// Packets of one consistent stream (one SSRC, sequence numbers each
+/// 1..=[`RELATCH_MAX_SEQ_STEP`] ahead of the last) a new source must send before
+/// symmetric RTP re-latches to it: enough that stray or replayed packets do not
+/// count, few enough (100 ms at 20 ms ptime) not to lengthen a real move.
+pub const RELATCH_PACKETS: u32 = 5;
+/// Largest forward step between sequence numbers of a re-latch candidate's
+/// consecutive packets: a few lost packets do not break its stream.
+pub const RELATCH_MAX_SEQ_STEP: u16 = 4;
+/// Silence of the pinned audio SSRC after which a new SSRC from the latched source
+/// takes over (a sender restart; ten packets at 20 ms, well beyond normal jitter).
 pub const SSRC_IDLE: Duration = Duration::from_millis(200);
-/// Consecutive packets of a new SSRC after which it takes over anyway.
-pub const SSRC_CONFIRM: u32 = 3;
 /// RTP payload type of comfort noise (RFC 3389); its sequence numbers are skipped.
 const PT_COMFORT_NOISE: u8 = 13;
 /// The send schedule catches up at most this many frames after a late wake-up;
@@ -186,10 +211,17 @@ pub struct Stats {
     pub jitter: Duration,
     /// Jitter buffer counters.
     pub playout: JitterStats,
-    /// Datagrams dropped: STUN, unknown payload types, malformed, other SSRCs.
+    /// Datagrams dropped: STUN, unknown payload types, malformed.
     pub ignored: u64,
-    /// RTCP packets received.
+    /// RTP packets of a negotiated payload type dropped because of their source:
+    /// another address than the latched one, or another SSRC than the pinned one
+    /// (injection attempts, or the stream of a phone before it re-latches).
+    pub rtp_rejected: u64,
+    /// RTCP packets accepted.
     pub rtcp_received: u64,
+    /// RTCP packets dropped because they came from another address than the
+    /// latched RTCP (or RTP) source.
+    pub rtcp_rejected: u64,
     /// RTP packets sent.
     pub packets_sent: u64,
     /// RTP payload octets sent.
@@ -222,6 +254,17 @@ pub enum PlaybackError {
     QueueFull,
 }
 
+/// A source other than the latched one that sends RTP: the stream it has sent so far.
+#[derive(Debug, Clone, Copy)]
+struct RelatchCandidate {
+    source: SocketAddr,
+    ssrc: u32,
+    /// Sequence number of its last packet.
+    seq: u16,
+    /// Packets of its stream so far, this one included.
+    packets: u32,
+}
+
 /// The media state of one call.
 pub struct MediaSession {
     params: MediaParams,
@@ -236,9 +279,13 @@ pub struct MediaSession {
     decoder: Decoder,
     jitter: JitterBuffer,
     dtmf: Option<DtmfDetector>,
+    /// The pinned audio SSRC.
     audio_ssrc: Option<u32>,
-    ssrc_candidate: Option<(u32, u32)>,
+    /// When audio under `audio_ssrc` last arrived; `None` after a re-INVITE or a
+    /// re-latch, when the next SSRC is taken at once.
     last_audio_at: Option<Instant>,
+    /// The SSRC of telephone events, when it is not the audio SSRC.
+    event_ssrc: Option<u32>,
     seq: SeqUnwrapper,
     receiver: ReceiverStats,
     to_output: Option<StreamResampler>,
@@ -250,7 +297,12 @@ pub struct MediaSession {
     // Symmetric RTP.
     rtp_destination: SocketAddr,
     latched: Option<SocketAddr>,
-    relatch: Option<(SocketAddr, u32)>,
+    /// The latch came from the first packet, not from the SDP address: packets from
+    /// the SDP address still take it over.
+    latched_provisionally: bool,
+    /// When RTP (of a negotiated payload type) last came from the latched source.
+    latched_heard_at: Instant,
+    relatch: Option<RelatchCandidate>,
     rtcp_destination: SocketAddr,
     rtcp_latched: Option<SocketAddr>,
 
@@ -303,8 +355,8 @@ impl MediaSession {
                 .telephone_event
                 .map(|te| DtmfDetector::new(te.clock_rate)),
             audio_ssrc: None,
-            ssrc_candidate: None,
             last_audio_at: None,
+            event_ssrc: None,
             seq: SeqUnwrapper::default(),
             receiver: ReceiverStats::default(),
             to_output,
@@ -314,6 +366,8 @@ impl MediaSession {
             inactive_reported: false,
             rtp_destination: params.remote_rtp,
             latched: None,
+            latched_provisionally: false,
+            latched_heard_at: now,
             relatch: None,
             rtcp_destination: params.remote_rtcp,
             rtcp_latched: None,
@@ -369,7 +423,11 @@ impl MediaSession {
     }
 
     /// Applies a renegotiation (re-INVITE): hold/resume, a new address, or a new codec.
+    /// A new remote address latches afresh; the phone may start a new SSRC, so the
+    /// next one from the latched source is accepted at once.
     pub fn update(&mut self, now: Instant, params: MediaParams) -> Result<(), SessionError> {
+        self.last_audio_at = None;
+        self.event_ssrc = None;
         if params.codec != self.params.codec || params.payload_type != self.params.payload_type {
             self.decoder = Decoder::new(params.codec)?;
             self.encoder = Encoder::new(params.codec)?;
@@ -433,7 +491,21 @@ impl MediaSession {
             self.stats.ignored += 1;
             return;
         }
-        self.latch(source);
+        // Source, then SSRC: only the latched phone's stream is played or refreshes
+        // the inactivity timer.
+        let accepted = self.latch(now, source, &h)
+            && if is_audio {
+                self.accept_ssrc(now, h.ssrc)
+            } else if is_event {
+                self.accept_event_ssrc(h.ssrc)
+            } else {
+                // Comfort noise belongs to the audio stream.
+                self.audio_ssrc.is_none_or(|s| s == h.ssrc)
+            };
+        if !accepted {
+            self.stats.rtp_rejected += 1;
+            return;
+        }
         self.last_rtp_at = now;
         self.inactive_reported = false;
         self.stats.packets_received += 1;
@@ -461,10 +533,6 @@ impl MediaSession {
             return;
         }
 
-        if !self.accept_ssrc(now, h.ssrc) {
-            self.stats.ignored += 1;
-            return;
-        }
         let ext = self.seq.unwrap(h.sequence_number);
         let arrival = self.elapsed_units(now);
         let inserted = self.jitter.insert(
@@ -503,67 +571,136 @@ impl MediaSession {
         ));
     }
 
+    /// Whether audio under `ssrc` from the latched source is played. The pinned SSRC
+    /// is; another takes over only when the pinned one has been silent for
+    /// [`SSRC_IDLE`] (a sender restart), or at once when none is pinned (the start,
+    /// after a re-INVITE, after a re-latch). Otherwise a second stream from the same
+    /// address, while the first is live, is rejected.
     fn accept_ssrc(&mut self, now: Instant, ssrc: u32) -> bool {
-        match self.audio_ssrc {
-            Some(current) if current == ssrc => {
-                self.ssrc_candidate = None;
-                self.last_audio_at = Some(now);
-                true
-            }
-            current => {
-                let idle = self
-                    .last_audio_at
-                    .is_none_or(|t| now.saturating_duration_since(t) >= SSRC_IDLE);
-                let count = match self.ssrc_candidate {
-                    Some((c, n)) if c == ssrc => n + 1,
-                    _ => 1,
-                };
-                if current.is_some() && !idle && count < SSRC_CONFIRM {
-                    self.ssrc_candidate = Some((ssrc, count));
-                    return false;
-                }
-                if current.is_some() {
-                    self.stats.ssrc_changes += 1;
-                    self.jitter.reset();
-                    self.receiver.reset();
-                    if let Ok(d) = Decoder::new(self.params.codec) {
-                        self.decoder = d;
-                    }
-                }
-                self.seq = SeqUnwrapper::default();
-                self.audio_ssrc = Some(ssrc);
-                self.ssrc_candidate = None;
-                self.last_audio_at = Some(now);
-                true
+        if self.audio_ssrc == Some(ssrc) {
+            self.last_audio_at = Some(now);
+            return true;
+        }
+        let idle = self
+            .last_audio_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= SSRC_IDLE);
+        if !idle {
+            return false;
+        }
+        if self.audio_ssrc.is_some() {
+            self.stats.ssrc_changes += 1;
+            self.jitter.reset();
+            self.receiver.reset();
+            if let Ok(d) = Decoder::new(self.params.codec) {
+                self.decoder = d;
             }
         }
+        self.seq = SeqUnwrapper::default();
+        self.audio_ssrc = Some(ssrc);
+        self.last_audio_at = Some(now);
+        true
     }
 
-    fn latch(&mut self, source: SocketAddr) {
-        match self.latched {
-            Some(current) if current == source => self.relatch = None,
-            Some(_) => {
-                let count = match self.relatch {
-                    Some((addr, n)) if addr == source => n + 1,
-                    _ => 1,
-                };
-                if count >= RELATCH_PACKETS {
-                    self.set_latched(source);
-                } else {
-                    self.relatch = Some((source, count));
-                }
-            }
-            None => self.set_latched(source),
+    /// Whether a telephone event (RFC 4733) under `ssrc` from the latched source is
+    /// read: under the audio SSRC, or under the one other SSRC first seen on events
+    /// (SIPp's pcap replay sends them with an SSRC of their own). Events are sparse,
+    /// so silence says nothing about their sender: that SSRC stays pinned until a
+    /// re-INVITE or a re-latch.
+    fn accept_event_ssrc(&mut self, ssrc: u32) -> bool {
+        if self.audio_ssrc == Some(ssrc) {
+            return true;
         }
+        *self.event_ssrc.get_or_insert(ssrc) == ssrc
     }
 
-    fn set_latched(&mut self, source: SocketAddr) {
+    /// Symmetric RTP (RFC 4961): whether an RTP packet from `source` comes from the
+    /// latched source, latching or re-latching when the rules allow:
+    /// - the first packet latches, whatever its address (NAT);
+    /// - while that first latch is not the SDP address, a packet from the SDP
+    ///   address takes over at once (someone who raced the phone to the first packet
+    ///   loses the latch);
+    /// - otherwise another source takes over only when the latched one has sent
+    ///   nothing for [`RELATCH_SILENCE`] and the new one has sent
+    ///   [`RELATCH_PACKETS`] packets of one consistent stream.
+    fn latch(&mut self, now: Instant, source: SocketAddr, h: &RtpHeader) -> bool {
+        let Some(current) = self.latched else {
+            self.set_latched(now, source, source != self.params.remote_rtp);
+            return true;
+        };
+        if source == current {
+            self.latched_heard_at = now;
+            return true;
+        }
+        if self.latched_provisionally && source == self.params.remote_rtp {
+            self.set_latched(now, source, false);
+            return true;
+        }
+        // One candidate at a time: a packet that does not continue its stream (other
+        // address, other SSRC, a sequence jump) starts a new one.
+        let packets = match self.relatch {
+            Some(c)
+                if c.source == source
+                    && c.ssrc == h.ssrc
+                    && (1..=RELATCH_MAX_SEQ_STEP)
+                        .contains(&h.sequence_number.wrapping_sub(c.seq)) =>
+            {
+                c.packets + 1
+            }
+            _ => 1,
+        };
+        let silent = now.saturating_duration_since(self.latched_heard_at) >= RELATCH_SILENCE;
+        if silent && packets >= RELATCH_PACKETS {
+            self.set_latched(now, source, false);
+            return true;
+        }
+        self.relatch = Some(RelatchCandidate {
+            source,
+            ssrc: h.ssrc,
+            seq: h.sequence_number,
+            packets,
+        });
+        false
+    }
+
+    fn set_latched(&mut self, now: Instant, source: SocketAddr, provisionally: bool) {
         self.latched = Some(source);
+        self.latched_provisionally = provisionally;
+        self.latched_heard_at = now;
         self.relatch = None;
         self.rtp_destination = source;
+        // A new sender may use new SSRCs: the next ones are taken at once (the same
+        // SSRC, as after a NAT rebinding, just carries on).
+        self.last_audio_at = None;
+        self.event_ssrc = None;
         self.events.push_back(Event::Latched {
             destination: source,
         });
+    }
+
+    /// Whether RTCP from `source` is read. With rtcp-mux it shares the RTP source.
+    /// Otherwise the first RTCP source is latched; after that only it is accepted,
+    /// or the latched RTP source's IP with the RTCP port (the latched RTCP port, or
+    /// the RTP port + 1 of RFC 3550 11): the phone moved, and RTCP follows it.
+    fn latch_rtcp(&mut self, source: SocketAddr) -> bool {
+        if self.params.rtcp_mux {
+            return self.latched.is_none_or(|rtp| rtp == source);
+        }
+        let Some(current) = self.rtcp_latched else {
+            self.rtcp_latched = Some(source);
+            return true;
+        };
+        if source == current {
+            return true;
+        }
+        let moved = self.latched.is_some_and(|rtp| {
+            rtp.ip() == source.ip()
+                && (source.port() == current.port()
+                    || Some(source.port()) == rtp.port().checked_add(1))
+        });
+        if moved {
+            self.rtcp_latched = Some(source);
+        }
+        moved
     }
 
     fn handle_rtcp(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
@@ -571,10 +708,11 @@ impl MediaSession {
             self.stats.ignored += 1;
             return;
         };
-        self.stats.rtcp_received += 1;
-        if !self.params.rtcp_mux {
-            self.rtcp_latched = Some(source);
+        if !self.latch_rtcp(source) {
+            self.stats.rtcp_rejected += 1;
+            return;
         }
+        self.stats.rtcp_received += 1;
         if let Some(middle) = info.sr_ntp_middle {
             self.last_sr = Some((middle, now));
         }

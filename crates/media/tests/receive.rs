@@ -302,26 +302,29 @@ fn symmetric_rtp_latches_to_the_real_source_and_relatches_only_on_a_sustained_ch
     let nat = addr("192.0.2.99:40000");
     let other = addr("192.0.2.77:50000");
     let mut seq = 0u16;
-    let mut send = |s: &mut MediaSession, from: SocketAddr, n: usize| {
+    let mut send = |s: &mut MediaSession, ms: u64, from: SocketAddr, n: usize| {
         for _ in 0..n {
             s.handle_datagram(
-                start,
+                start + Duration::from_millis(ms),
                 from,
                 &rtp(0, seq, u32::from(seq) * 160, SSRC, false, &[0xFF; 160]),
             );
             seq += 1;
         }
     };
-    send(&mut s, nat, 1);
+    send(&mut s, 0, nat, 1);
     assert_eq!(s.destination(), nat);
     assert_eq!(s.poll_event(), Some(Event::Latched { destination: nat }));
-    // A few stray packets from elsewhere do not steal the stream.
-    send(&mut s, other, 5);
-    send(&mut s, nat, 1);
-    send(&mut s, other, 5);
+    // Stray packets from elsewhere do not steal the stream, even ten in a row.
+    send(&mut s, 20, other, 5);
+    send(&mut s, 40, nat, 1);
+    send(&mut s, 60, other, 10);
     assert_eq!(s.destination(), nat);
-    // A sustained change (the phone moved) does.
-    send(&mut s, other, 10);
+    // A sustained change (the phone moved: nothing from the old address for a
+    // second, a steady stream from the new one) does.
+    send(&mut s, 1_039, other, 1);
+    assert_eq!(s.destination(), nat, "999 ms of silence is not yet a move");
+    send(&mut s, 1_040, other, 1);
     assert_eq!(s.destination(), other);
     let t = s.poll_transmit(start).unwrap();
     assert_eq!(t.destination, other);
