@@ -1,7 +1,8 @@
 //! Transaction state machines (RFC 3261 17) as plain values driven in virtual time:
 //! the INVITE server transaction (17.2.1, with the RFC 6026 Accepted state that keeps
-//! retransmitting a 2xx until the ACK), the non-INVITE server transaction (17.2.2) and
-//! the non-INVITE client transaction (17.1.2).
+//! retransmitting a 2xx until the ACK), the non-INVITE server transaction (17.2.2), the
+//! non-INVITE client transaction (17.1.2) and the INVITE client transaction (17.1.1,
+//! with the RFC 6026 Accepted state).
 //!
 //! A transaction stores the bytes it must resend and the destination they go to; it
 //! never builds messages and never touches dialogs. The endpoint matches messages to
@@ -361,6 +362,168 @@ impl ClientTransaction {
     }
 }
 
+/// INVITE client transaction states (RFC 3261 17.1.1.2, RFC 6026 7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteClientState {
+    /// INVITE sent, nothing heard yet: Timer A retransmits, Timer B gives up.
+    Calling,
+    /// A provisional response arrived: no retransmission, no timeout (the TU's own
+    /// ring timer ends an unanswered call with CANCEL).
+    Proceeding,
+    /// A 300-699 arrived and was ACKed; retransmissions of it are ACKed again until
+    /// Timer D.
+    Completed,
+    /// A 2xx arrived (RFC 6026): further 2xx (retransmissions, or other forks') go to
+    /// the TU, which ACKs them itself, until Timer M.
+    Accepted,
+    Terminated,
+}
+
+/// What an INVITE client transaction tells the endpoint about a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InviteResponseAction {
+    /// Pass the response to the TU (provisional, first final, or any 2xx in Accepted).
+    Report,
+    /// The first 300-699: pass it up, and send the ACK (built by the endpoint from the
+    /// request and this response, then handed in with `set_ack`).
+    ReportAndAck,
+    /// A retransmitted 300-699: resend the stored ACK, tell nobody.
+    ResendAck,
+    /// Nothing to do (e.g. a late provisional).
+    Absorb,
+}
+
+/// What an INVITE client transaction's timer produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct InviteClientTimerOutcome {
+    /// Timer A: resend the INVITE.
+    pub retransmit: Option<Vec<u8>>,
+    /// Timer B fired while Calling: no response at all; report 408 to the TU.
+    pub timed_out: bool,
+}
+
+/// INVITE client transaction (RFC 3261 17.1.1, RFC 6026). Like the others it stores
+/// bytes and deadlines and never builds a message: the ACK for a non-2xx final
+/// response is built by the endpoint (it needs the response's To tag) and stored here
+/// for retransmissions.
+#[derive(Debug, Clone)]
+pub struct InviteClientTransaction {
+    pub state: InviteClientState,
+    pub route: Route,
+    request: Vec<u8>,
+    ack: Option<Vec<u8>>,
+    /// Timer A.
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    /// Timer B while Calling, Timer D while Completed, Timer M while Accepted.
+    timeout_at: Option<Instant>,
+}
+
+impl InviteClientTransaction {
+    pub fn new(now: Instant, request: Vec<u8>, route: Route, timers: &TimerConfig) -> Self {
+        let reliable = route.transport.is_reliable();
+        Self {
+            state: InviteClientState::Calling,
+            route,
+            request,
+            ack: None,
+            // Timer A, only on unreliable transports; it doubles without the T2 cap
+            // (17.1.1.2), so Timer B's 64*T1 allows six retransmissions.
+            retransmit_at: (!reliable).then(|| now + timers.t1),
+            interval: timers.t1,
+            timeout_at: Some(now + timers.timeout()),
+        }
+    }
+
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The ACK of a non-2xx final response, once the endpoint built it.
+    pub fn ack(&self) -> Option<&[u8]> {
+        self.ack.as_deref()
+    }
+
+    pub fn set_ack(&mut self, ack: Vec<u8>) {
+        self.ack = Some(ack);
+    }
+
+    /// A response matched this transaction (17.1.3).
+    pub fn on_response(
+        &mut self,
+        now: Instant,
+        status: u16,
+        timers: &TimerConfig,
+    ) -> InviteResponseAction {
+        use InviteClientState::*;
+        match (self.state, status) {
+            (Calling | Proceeding, 100..=199) => {
+                self.state = Proceeding;
+                self.retransmit_at = None;
+                self.timeout_at = None;
+                InviteResponseAction::Report
+            }
+            (Calling | Proceeding, 200..=299) => {
+                self.state = Accepted;
+                self.retransmit_at = None;
+                // Timer M: 64*T1, so that 2xx retransmissions and other forks' 2xx
+                // still reach the TU (which ACKs, or ACKs and BYEs, each).
+                self.timeout_at = Some(now + timers.timeout());
+                InviteResponseAction::Report
+            }
+            (Accepted, 200..=299) => InviteResponseAction::Report,
+            (Calling | Proceeding, 300..=699) => {
+                self.state = Completed;
+                self.retransmit_at = None;
+                // Timer D: at least 32 s on unreliable transports, zero on reliable.
+                self.timeout_at = Some(if self.route.transport.is_reliable() {
+                    now
+                } else {
+                    now + Duration::from_secs(32).max(timers.timeout() / 2)
+                });
+                InviteResponseAction::ReportAndAck
+            }
+            (Completed, 300..=699) => InviteResponseAction::ResendAck,
+            _ => InviteResponseAction::Absorb,
+        }
+    }
+
+    /// The transport failed (17.1.4): the transaction is over; the TU hears 503.
+    pub fn on_transport_error(&mut self) {
+        self.state = InviteClientState::Terminated;
+        self.retransmit_at = None;
+        self.timeout_at = None;
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.retransmit_at, self.timeout_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn on_timer(&mut self, now: Instant, _timers: &TimerConfig) -> InviteClientTimerOutcome {
+        let mut out = InviteClientTimerOutcome::default();
+        if self.timeout_at.is_some_and(|t| now >= t) {
+            out.timed_out = self.state == InviteClientState::Calling;
+            self.state = InviteClientState::Terminated;
+            self.retransmit_at = None;
+            self.timeout_at = None;
+            return out;
+        }
+        if let Some(at) = self.retransmit_at.filter(|t| now >= *t) {
+            self.interval *= 2;
+            self.retransmit_at = Some(at + self.interval);
+            out.retransmit = Some(self.request.clone());
+        }
+        out
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        self.state == InviteClientState::Terminated
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,5 +612,115 @@ mod tests {
         }
         assert_eq!(&sends[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
         assert!(timed_out);
+    }
+
+    fn run_invite(tx: &mut InviteClientTransaction, t0: Instant) -> (Vec<u128>, bool, Instant) {
+        let timers = TimerConfig::default();
+        let (mut sends, mut timed_out, mut now) = (Vec::new(), false, t0);
+        while let Some(d) = tx.deadline() {
+            now = d;
+            let out = tx.on_timer(d, &timers);
+            if out.retransmit.is_some() {
+                sends.push((d - t0).as_millis());
+            }
+            timed_out |= out.timed_out;
+        }
+        (sends, timed_out, now)
+    }
+
+    #[test]
+    fn invite_timer_a_doubles_without_a_cap_and_timer_b_times_out() {
+        let timers = TimerConfig::default();
+        let t0 = origin();
+        let mut tx =
+            InviteClientTransaction::new(t0, b"INVITE".to_vec(), route(Transport::Udp), &timers);
+        let (sends, timed_out, end) = run_invite(&mut tx, t0);
+        // 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s: six retransmissions, then Timer B at 32 s.
+        assert_eq!(sends, vec![500, 1500, 3500, 7500, 15500, 31500]);
+        assert!(timed_out);
+        assert_eq!(end - t0, timers.timeout());
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn invite_over_tcp_is_not_retransmitted() {
+        let timers = TimerConfig::default();
+        let t0 = origin();
+        let mut tx =
+            InviteClientTransaction::new(t0, b"INVITE".to_vec(), route(Transport::Tcp), &timers);
+        let (sends, timed_out, _) = run_invite(&mut tx, t0);
+        assert!(sends.is_empty());
+        assert!(timed_out, "Timer B still runs on reliable transports");
+    }
+
+    #[test]
+    fn provisional_stops_retransmission_and_the_timeout() {
+        let timers = TimerConfig::default();
+        let t0 = origin();
+        let mut tx =
+            InviteClientTransaction::new(t0, b"INVITE".to_vec(), route(Transport::Udp), &timers);
+        let out = tx.on_timer(t0 + timers.t1, &timers);
+        assert!(out.retransmit.is_some());
+        assert_eq!(
+            tx.on_response(t0 + timers.t1, 180, &timers),
+            InviteResponseAction::Report
+        );
+        assert_eq!(tx.state, InviteClientState::Proceeding);
+        assert_eq!(
+            tx.deadline(),
+            None,
+            "ringing may last as long as the TU lets it"
+        );
+    }
+
+    #[test]
+    fn non_2xx_final_is_acked_once_and_retransmissions_get_the_same_ack() {
+        let timers = TimerConfig::default();
+        let t0 = origin();
+        let mut tx =
+            InviteClientTransaction::new(t0, b"INVITE".to_vec(), route(Transport::Udp), &timers);
+        tx.on_response(t0, 100, &timers);
+        assert_eq!(
+            tx.on_response(t0, 486, &timers),
+            InviteResponseAction::ReportAndAck
+        );
+        tx.set_ack(b"ACK".to_vec());
+        assert_eq!(
+            tx.on_response(t0, 486, &timers),
+            InviteResponseAction::ResendAck
+        );
+        assert_eq!(tx.ack(), Some(&b"ACK"[..]));
+        // Timer D: 32 s on UDP, then gone; no timeout reported.
+        assert_eq!(tx.deadline(), Some(t0 + Duration::from_secs(32)));
+        let out = tx.on_timer(t0 + Duration::from_secs(32), &timers);
+        assert!(!out.timed_out);
+        assert!(tx.is_terminated());
+    }
+
+    #[test]
+    fn every_2xx_reaches_the_tu_until_timer_m() {
+        let timers = TimerConfig::default();
+        let t0 = origin();
+        let mut tx =
+            InviteClientTransaction::new(t0, b"INVITE".to_vec(), route(Transport::Udp), &timers);
+        assert_eq!(
+            tx.on_response(t0, 200, &timers),
+            InviteResponseAction::Report
+        );
+        assert_eq!(tx.state, InviteClientState::Accepted);
+        // A retransmitted 2xx, or another fork's, is the TU's to ACK.
+        assert_eq!(
+            tx.on_response(t0, 200, &timers),
+            InviteResponseAction::Report
+        );
+        assert_eq!(
+            tx.on_response(t0, 486, &timers),
+            InviteResponseAction::Absorb
+        );
+        assert_eq!(tx.deadline(), Some(t0 + timers.timeout()));
+        let (sends, timed_out, _) = run_invite(&mut tx, t0);
+        assert!(sends.is_empty(), "a 2xx stops Timer A");
+        assert!(!timed_out);
+        assert!(tx.is_terminated());
     }
 }
