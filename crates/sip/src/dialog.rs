@@ -1,19 +1,20 @@
-//! UAS dialogs (RFC 3261 12) and the per-call state that hangs off them: the dialog
-//! identifiers, route set, remote target and CSeq spaces, plus which INVITE (initial or
-//! re-INVITE) is waiting for the application's answer or for its ACK.
+//! Dialogs (RFC 3261 12), from either side, and the per-call state that hangs off them:
+//! the dialog identifiers, route set, remote target and CSeq spaces, plus which INVITE
+//! (initial or re-INVITE) is waiting for the application's answer or for its ACK.
 //!
-//! This module builds in-dialog requests (BYE) from dialog state (12.2.1.1); it does not
-//! send anything or run timers; the endpoint does.
+//! This module builds in-dialog requests (BYE, the ACK of a 2xx) from dialog state
+//! (12.2.1.1); it does not send anything or run timers; the endpoint does.
 
 use std::fmt::Write as _;
 
 use crate::ids::{CallHandle, CallId, Tag};
-use crate::message::{Method, Request};
+use crate::message::{Method, Request, Response};
 use crate::transaction::Route;
 use crate::uri::{NameAddr, Uri};
 
-/// Dialog ID as seen by the UAS: Call-ID, local tag (our To tag), remote tag (the
-/// caller's From tag; empty for RFC 2543 peers that send none).
+/// Dialog ID from our side: Call-ID, local tag (our To tag as UAS, our From tag as
+/// UAC), remote tag (the peer's; empty for RFC 2543 peers that send none). A request
+/// from the peer carries our tag in To and theirs in From, whichever side we are.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DialogKey {
     pub call_id: CallId,
@@ -78,9 +79,50 @@ impl Dialog {
         }
     }
 
+    /// Creates the UAC side of a dialog from the INVITE we sent and a 2xx to it (RFC
+    /// 3261 12.1.2): the remote tag from To, the remote target from Contact, the route
+    /// set from Record-Route in reverse. `None` when the 2xx has no To tag.
+    pub fn from_2xx(invite: &Request, response: &Response, peer: Route) -> Option<Self> {
+        let remote_tag = Tag::new(response.to.tag()?);
+        let local_tag = Tag::new(invite.from.tag()?);
+        let remote_target = match crate::message::parse_contacts(&response.headers) {
+            Ok(Some(crate::uri::ContactList::Addresses(list))) if !list.is_empty() => {
+                list[0].uri.clone()
+            }
+            _ => invite.uri.clone(),
+        };
+        let mut route_set = response.headers.list("Record-Route");
+        route_set.reverse();
+        Some(Self {
+            key: DialogKey {
+                call_id: invite.call_id.clone(),
+                local_tag,
+                remote_tag,
+            },
+            state: DialogState::Confirmed,
+            local: invite.from.clone(),
+            remote: response.to.clone(),
+            remote_target,
+            route_set,
+            local_cseq: invite.cseq.seq,
+            remote_cseq: 0,
+            peer,
+        })
+    }
+
+    /// The ACK of a 2xx to our INVITE with CSeq `invite_cseq` (RFC 3261 13.2.2.4): a
+    /// request of the dialog, with the INVITE's sequence number.
+    pub fn build_ack(&self, invite_cseq: u32, via: &str, user_agent: &str) -> Vec<u8> {
+        self.build(Method::Ack, invite_cseq, via, user_agent)
+    }
+
     /// Builds an in-dialog request (RFC 3261 12.2.1.1) with a fresh CSeq.
     pub fn build_request(&mut self, method: Method, via: &str, user_agent: &str) -> Vec<u8> {
         self.local_cseq = self.local_cseq.wrapping_add(1) & 0x7fff_ffff;
+        self.build(method, self.local_cseq, via, user_agent)
+    }
+
+    fn build(&self, method: Method, cseq: u32, via: &str, user_agent: &str) -> Vec<u8> {
         let mut s = String::with_capacity(512);
         let _ = write!(s, "{method} {} SIP/2.0\r\n", self.remote_target);
         let _ = write!(s, "Via: {via}\r\n");
@@ -88,7 +130,7 @@ impl Dialog {
         let _ = write!(s, "From: {}\r\n", self.local);
         let _ = write!(s, "To: {}\r\n", self.remote);
         let _ = write!(s, "Call-ID: {}\r\n", self.key.call_id);
-        let _ = write!(s, "CSeq: {} {method}\r\n", self.local_cseq);
+        let _ = write!(s, "CSeq: {cseq} {method}\r\n");
         for r in &self.route_set {
             let _ = write!(s, "Route: {r}\r\n");
         }

@@ -33,6 +33,9 @@ use crate::transaction::{
 };
 use crate::uri::{Uri, Via, BRANCH_MAGIC_COOKIE};
 
+mod outgoing;
+pub use outgoing::OutgoingInvite;
+
 /// Methods this endpoint implements, for Allow (RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, SUBSCRIBE";
 
@@ -205,6 +208,23 @@ pub enum Event {
     BindingsChanged {
         aor: String,
     },
+    /// A call we placed got a provisional response (180 Ringing, 183 with early media).
+    CallProgress {
+        call: CallHandle,
+        status: u16,
+        body: Option<Body>,
+    },
+    /// A call we placed was answered; the ACK is sent. The body is the callee's SDP.
+    CallAnswered {
+        call: CallHandle,
+        body: Option<Body>,
+    },
+    /// A call we placed got a final 300-699, or no answer at all (408, Timer B). Final
+    /// for the call.
+    CallFailed {
+        call: CallHandle,
+        status: u16,
+    },
 }
 
 /// Why a call command was refused.
@@ -224,6 +244,8 @@ pub enum CallError {
 enum TimerTarget {
     Server(Arc<str>),
     Client(String),
+    /// An INVITE client transaction, by branch.
+    Invite(String),
     /// The longest an INVITE (this server transaction of this call) may wait for the
     /// application's answer.
     Answer(CallHandle, String),
@@ -285,6 +307,10 @@ pub struct Endpoint {
     /// (Call-ID, From tag, CSeq, method) -> transaction key, for 482 (RFC 3261 8.2.2.2).
     merged: HashMap<Arc<str>, Arc<str>>,
     client_txs: HashMap<String, ClientTransaction>,
+    /// INVITEs we sent, by branch, and the branch of each call we placed until it is
+    /// answered or fails.
+    outgoing: HashMap<String, outgoing::Outgoing>,
+    outgoing_calls: HashMap<CallHandle, String>,
     calls: HashMap<CallHandle, Call>,
     dialogs: HashMap<DialogKey, CallHandle>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
@@ -371,6 +397,8 @@ impl Endpoint {
             server_txs: HashMap::new(),
             merged: HashMap::new(),
             client_txs: HashMap::new(),
+            outgoing: HashMap::new(),
+            outgoing_calls: HashMap::new(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -468,6 +496,7 @@ impl Endpoint {
                 TimerTarget::Server(key) => self.fire_server_timer(now, &key),
                 TimerTarget::Client(branch) => self.fire_client_timer(now, &branch),
                 TimerTarget::Answer(call, key) => self.fire_answer_timer(now, call, &key),
+                TimerTarget::Invite(branch) => self.fire_invite_timer(now, &branch),
             }
         }
         if now >= self.housekeeping_at {
@@ -603,6 +632,9 @@ impl Endpoint {
     /// Ends the call: 480 before an answer, BYE after (deferred until the ACK if the
     /// 2xx is not yet acknowledged, RFC 3261 15).
     pub fn hangup(&mut self, now: Instant, call: CallHandle) -> Result<(), CallError> {
+        if self.is_unanswered_outgoing(call) {
+            return self.cancel(now, call);
+        }
         let c = self.calls.get_mut(&call).ok_or(CallError::UnknownCall)?;
         match (c.initial, c.progress) {
             (true, InviteProgress::AwaitingAnswer) => self.reject(now, call, 480),
@@ -1347,12 +1379,30 @@ impl Endpoint {
         let Some(branch) = resp.via.first().and_then(|v| v.branch()) else {
             return;
         };
+        let branch = branch.to_string();
+        // RFC 3261 17.1.3: a response matches by branch and CSeq method (a CANCEL shares
+        // its INVITE's branch).
+        match resp.cseq.method {
+            Method::Invite => {
+                self.handle_invite_response(now, &branch, resp);
+                return;
+            }
+            Method::Cancel => {
+                let key = format!("{branch}|CANCEL");
+                if let Some(tx) = self.client_txs.get_mut(&key) {
+                    let timers = self.config.timers;
+                    tx.on_response(now, resp.status, &timers);
+                    self.schedule_client(&key);
+                }
+                return;
+            }
+            _ => {}
+        }
         let timers = self.config.timers;
-        let Some(tx) = self.client_txs.get_mut(branch) else {
+        let Some(tx) = self.client_txs.get_mut(&branch) else {
             // RFC 3261 18.1.2: no transaction; an endpoint discards it (RFC 4475 3.3.10).
             return;
         };
-        let branch = branch.to_string();
         if let Some(status) = tx.on_response(now, resp.status, &timers) {
             if tx.purpose == ClientPurpose::Options {
                 self.events.push_back(Event::RequestCompleted {
@@ -1697,7 +1747,10 @@ impl Endpoint {
 
     /// Number of live server and client transactions (for tests and metrics).
     pub fn transaction_count(&self) -> (usize, usize) {
-        (self.server_txs.len(), self.client_txs.len())
+        (
+            self.server_txs.len(),
+            self.client_txs.len() + self.outgoing.len(),
+        )
     }
 
     /// Number of live calls.

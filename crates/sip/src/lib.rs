@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod dialog;
 pub mod endpoint;
+pub mod fork;
 pub mod framer;
 pub mod ids;
 pub mod message;
@@ -25,9 +26,10 @@ pub mod uri;
 
 pub use auth::{AuthPolicy, BlockAction, DigestAlgorithm};
 pub use endpoint::{
-    Body, CallError, Config, EndReason, Endpoint, EndpointStats, Event, IncomingCall, Transmit,
-    UserConfig,
+    Body, CallError, Config, EndReason, Endpoint, EndpointStats, Event, IncomingCall,
+    OutgoingInvite, Transmit, UserConfig,
 };
+pub use fork::{Fork, ForkAction};
 pub use framer::{Frame, FramingError, StreamFramer, PONG};
 pub use ids::{Branch, CallHandle, CallId, RequestHandle, Tag, Transport};
 pub use message::{parse, Framing, Message, Method, ParseError, ParseFailure, Request, Response};

@@ -247,6 +247,7 @@ impl ServerTransaction {
 pub enum ClientPurpose {
     Bye(CallHandle),
     Options,
+    Cancel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
