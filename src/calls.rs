@@ -24,7 +24,7 @@ use crate::media::{self, CallPorts, PortPool};
 use crate::metrics::{ActiveCall, Metrics};
 use crate::sip::{CallCommand, CallNotice, EndpointHandle};
 
-const SDP: &str = "application/sdp";
+pub(crate) const SDP: &str = "application/sdp";
 
 /// What the call layer needs from start-up.
 pub struct CallLayer {
@@ -78,7 +78,7 @@ struct CallRoute {
 
 /// What a call task receives: its events, and the end of the call, which has a
 /// channel of its own and comes first.
-struct CallEvents {
+pub(crate) struct CallEvents {
     events: mpsc::Receiver<Event>,
     ended: oneshot::Receiver<Event>,
     over: bool,
@@ -86,7 +86,7 @@ struct CallEvents {
 
 impl CallEvents {
     /// The next event; `None` after the end of the call (or if the router is gone).
-    async fn recv(&mut self) -> Option<Event> {
+    pub(crate) async fn recv(&mut self) -> Option<Event> {
         if self.over {
             return None;
         }
@@ -124,6 +124,8 @@ pub async fn run(
     mut lifecycle: watch::Receiver<Lifecycle>,
 ) {
     let mut calls: HashMap<CallHandle, CallRoute> = HashMap::new();
+    // Calls the switch placed (B2BUA legs) -> the inbound call whose task owns them.
+    let mut legs: HashMap<CallHandle, CallHandle> = HashMap::new();
     let agent_calls = Arc::new(AgentCalls::default());
     let mut recheck = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -150,15 +152,40 @@ pub async fn run(
                     calls.insert(call, route);
                 }
             }
+            CallNotice::Legs {
+                owner,
+                legs: placed,
+            } => {
+                for leg in placed {
+                    legs.insert(leg, owner);
+                }
+            }
             CallNotice::Event(event) => {
                 let call = match &event {
                     Event::CallConfirmed { call, .. }
                     | Event::CallCancelled { call }
                     | Event::CallEnded { call, .. }
                     | Event::ReInvite { call, .. }
-                    | Event::Info { call, .. } => *call,
+                    | Event::Info { call, .. }
+                    | Event::CallProgress { call, .. }
+                    | Event::CallAnswered { call, .. }
+                    | Event::CallFailed { call, .. } => *call,
                     _ => continue,
                 };
+                if let Some(owner) = legs.get(&call).copied() {
+                    let last = matches!(event, Event::CallEnded { .. } | Event::CallFailed { .. });
+                    if last {
+                        legs.remove(&call);
+                    }
+                    match calls.get(&owner) {
+                        Some(route) => deliver(&layer, route, call, event),
+                        // Its owner is gone (the caller hung up as this phone answered):
+                        // nobody wants this leg.
+                        None if !last => layer.endpoint.command(call, CallCommand::Hangup),
+                        None => {}
+                    }
+                    continue;
+                }
                 let last = matches!(event, Event::CallCancelled { .. } | Event::CallEnded { .. });
                 if last {
                     if let Some(ended) = calls.remove(&call).and_then(|mut r| r.ended.take()) {
@@ -166,20 +193,27 @@ pub async fn run(
                     }
                     continue;
                 }
-                let Some(route) = calls.get(&call) else {
-                    continue;
-                };
-                if matches!(event, Event::Info { .. })
-                    && route.events.capacity() < CALL_EVENTS_RESERVED
-                {
-                    warn!("call {call:?}: INFO dropped, the call is not keeping up");
-                    continue;
-                }
-                let reinvite = matches!(event, Event::ReInvite { .. });
-                if route.events.try_send(event).is_err() && reinvite {
-                    layer.endpoint.command(call, CallCommand::Reject(500));
+                if let Some(route) = calls.get(&call) {
+                    deliver(&layer, route, call, event);
                 }
             }
+        }
+    }
+}
+
+/// Hands an event of `call` to its task without waiting: an INFO is dropped when the
+/// task is not keeping up, a re-INVITE that finds no room gets 500 + Retry-After.
+fn deliver(layer: &CallLayer, route: &CallRoute, call: CallHandle, event: Event) {
+    if matches!(event, Event::Info { .. }) && route.events.capacity() < CALL_EVENTS_RESERVED {
+        warn!("call {call:?}: INFO dropped, the call is not keeping up");
+        return;
+    }
+    let reinvite = matches!(event, Event::ReInvite { .. });
+    if let Err(e) = route.events.try_send(event) {
+        if reinvite {
+            layer.endpoint.command(call, CallCommand::Reject(500));
+        } else {
+            warn!("call {call:?}: event dropped, the call is not keeping up: {e}");
         }
     }
 }
@@ -243,7 +277,7 @@ async fn start_call(
                 return None;
             }
         },
-        Application::Echo => (None, None),
+        Application::Echo | Application::User => (None, None),
     };
     let Some(ports) = layer.ports.bind().await else {
         warn!("call to {extension}: no free RTP ports, 503");
@@ -280,6 +314,53 @@ async fn start_call(
         ended: ended_rx,
         over: false,
     };
+    let route = CallRoute {
+        events: tx,
+        ended: Some(ended_tx),
+    };
+    if application == Application::User {
+        let Some(ports_b) = layer.ports.bind().await else {
+            warn!("call to {extension}: no free RTP ports for the second leg, 503");
+            reject(503);
+            return None;
+        };
+        let Some(params_a) = params else {
+            // The caller must offer: our offer to the callee is made from what it
+            // offered us. (A late-offer caller to a phone is rare; refuse it clearly.)
+            info!("call to {extension}: INVITE without an offer to a phone, 488");
+            reject(488);
+            return None;
+        };
+        let bridge = crate::bridge::Bridge {
+            call,
+            extension: extension.clone(),
+            caller: caller_id(&incoming),
+            caller_display: incoming.from_display.clone(),
+            authenticated: incoming.authenticated_user.is_some(),
+            host: layer.media_ip.to_string(),
+            endpoint: layer.endpoint.clone(),
+            metrics: Arc::clone(&layer.metrics),
+            lifecycle,
+            ports_a: ports,
+            sdp_a: sdp,
+            answer_a: answer,
+            params_a,
+            ports_b,
+            codecs: layer
+                .profile
+                .rtp
+                .codecs
+                .iter()
+                .map(|c| codec_kind(*c))
+                .collect(),
+            media_ip: layer.media_ip,
+            ring: Duration::from_secs(layer.profile.calls.ring_secs.into()),
+            max_duration: Duration::from_secs(layer.profile.calls.max_duration_secs.into()),
+            rtp_timeout: Duration::from_secs(layer.profile.calls.rtp_timeout_secs.into()),
+        };
+        tokio::spawn(bridge.run(events));
+        return Some((call, route));
+    }
     let task = CallTask {
         _agent_slot: agent_slot,
         call,
@@ -299,18 +380,12 @@ async fn start_call(
     };
     let delay = Duration::from_millis(layer.profile.calls.answer_delay_ms.into());
     tokio::spawn(task.run(events, answer, params, delay));
-    Some((
-        call,
-        CallRoute {
-            events: tx,
-            ended: Some(ended_tx),
-        },
-    ))
+    Some((call, route))
 }
 
 /// Whether a body is SDP: the media type without its parameters
 /// (`application/sdp; charset=utf-8` is SDP too), case-insensitively.
-fn is_sdp(body: &Body) -> bool {
+pub(crate) fn is_sdp(body: &Body) -> bool {
     body.content_type
         .split(';')
         .next()
@@ -337,7 +412,7 @@ fn caller_id(incoming: &IncomingCall) -> String {
 /// The key of a SIP INFO DTMF request (the endpoint has answered it 200): the
 /// `application/dtmf-relay` body (`Signal=5`, as Cisco and most phones send) or an
 /// `application/dtmf` body (the bare key).
-fn info_dtmf(body: &Body) -> Option<char> {
+pub(crate) fn info_dtmf(body: &Body) -> Option<char> {
     let text = std::str::from_utf8(&body.bytes).ok()?;
     let content_type = body.content_type.to_ascii_lowercase();
     let key = if content_type == "application/dtmf-relay" {
@@ -620,41 +695,53 @@ impl CallTask {
 
     /// A re-INVITE (hold, unhold, session refresh): answer from the same SDP session.
     fn handle_reinvite(&mut self, session: &mut sofia_media::MediaSession, body: Option<Body>) {
-        let Some(body) = body.filter(is_sdp) else {
-            // An offerless re-INVITE: offer our current session (RFC 3264 8.1).
-            let offer = self.sdp.create_offer();
+        answer_reinvite(
+            &self.endpoint,
+            self.call,
+            &self.extension,
+            &mut self.sdp,
+            session,
+            body,
+        );
+    }
+}
+
+/// A re-INVITE (hold, unhold, session refresh) on `call`: answered from its SDP session,
+/// and the media session follows.
+pub(crate) fn answer_reinvite(
+    endpoint: &EndpointHandle,
+    call: CallHandle,
+    extension: &str,
+    sdp: &mut SdpSession,
+    session: &mut sofia_media::MediaSession,
+    body: Option<Body>,
+) {
+    let Some(body) = body.filter(is_sdp) else {
+        // An offerless re-INVITE: offer our current session (RFC 3264 8.1).
+        let body = Body {
+            content_type: SDP.to_string(),
+            bytes: sdp.create_offer(),
+        };
+        endpoint.command(call, CallCommand::Answer(body));
+        return;
+    };
+    match sdp.negotiate(&body.bytes) {
+        Ok(negotiated) => {
+            if let Err(e) = session.update(Instant::now(), negotiated.params) {
+                warn!("call to {extension}: re-INVITE media update failed ({e})");
+                endpoint.command(call, CallCommand::Reject(488));
+                return;
+            }
             let body = Body {
                 content_type: SDP.to_string(),
-                bytes: offer,
+                bytes: negotiated.answer_sdp,
             };
-            self.endpoint.command(self.call, CallCommand::Answer(body));
-            return;
-        };
-        match self.sdp.negotiate(&body.bytes) {
-            Ok(negotiated) => {
-                if let Err(e) = session.update(Instant::now(), negotiated.params) {
-                    warn!(
-                        "call to {}: re-INVITE media update failed ({e})",
-                        self.extension
-                    );
-                    self.endpoint.command(self.call, CallCommand::Reject(488));
-                    return;
-                }
-                let body = Body {
-                    content_type: SDP.to_string(),
-                    bytes: negotiated.answer_sdp,
-                };
-                self.endpoint.command(self.call, CallCommand::Answer(body));
-            }
-            Err(e) => {
-                let status = if e.is_not_acceptable() { 488 } else { 400 };
-                info!(
-                    "call to {}: re-INVITE offer refused ({e}), {status}",
-                    self.extension
-                );
-                self.endpoint
-                    .command(self.call, CallCommand::Reject(status));
-            }
+            endpoint.command(call, CallCommand::Answer(body));
+        }
+        Err(e) => {
+            let status = if e.is_not_acceptable() { 488 } else { 400 };
+            info!("call to {extension}: re-INVITE offer refused ({e}), {status}");
+            endpoint.command(call, CallCommand::Reject(status));
         }
     }
 }

@@ -103,6 +103,11 @@ pub enum Application {
     Agent,
     /// Echoes the caller's audio back through the whole media path.
     Echo,
+    /// A registered phone: the call is offered to every phone registered as this user
+    /// (the switch is a B2BUA between the two calls). Every configured user's
+    /// extension leads here; it cannot be written in the dialplan.
+    #[serde(skip)]
+    User,
 }
 
 impl fmt::Display for Application {
@@ -110,6 +115,7 @@ impl fmt::Display for Application {
         f.write_str(match self {
             Application::Agent => "agent",
             Application::Echo => "echo",
+            Application::User => "user",
         })
     }
 }
@@ -264,6 +270,8 @@ pub struct CallSettings {
     pub max_calls: u32,
     /// Concurrent calls from one authenticated caller; beyond it 486 Busy Here.
     pub max_calls_per_user: u32,
+    /// A call to a registered phone rings this long before the caller gets 408.
+    pub ring_secs: u32,
 }
 
 /// The number of CPU cores the process may use (at least 1).
@@ -364,12 +372,19 @@ impl Profile {
         self.calls.max_calls(&self.rtp.ports)
     }
 
-    /// The application an extension is routed to, if the dialplan names it.
+    /// The application an extension is routed to: the dialplan's, else a configured
+    /// user's phones.
     pub fn route(&self, extension: &str) -> Option<Application> {
         self.dialplan
             .iter()
             .find(|r| r.extension == extension)
             .map(|r| r.application)
+            .or_else(|| {
+                self.users
+                    .iter()
+                    .any(|u| u.extension == extension)
+                    .then_some(Application::User)
+            })
     }
 }
 
@@ -515,11 +530,13 @@ struct CallsFile {
     drain_secs: u32,
     max_calls: u32,
     max_calls_per_user: u32,
+    ring_secs: u32,
 }
 
 impl Default for CallsFile {
     fn default() -> Self {
         CallsFile {
+            ring_secs: 30,
             answer_delay_ms: 0,
             max_duration_secs: 3600,
             rtp_timeout_secs: 30,
@@ -924,6 +941,14 @@ fn validate(
             "use 0 to answer at once, or a few thousand at most",
         ));
     }
+    if !(5..=300).contains(&calls.ring_secs) {
+        return Err(error(
+            origin,
+            "calls.ring_secs",
+            format!("{} s is outside 5-300", calls.ring_secs),
+            "write how long a call to a phone rings before the caller gets 408, e.g. 30",
+        ));
+    }
     if calls.max_duration_secs == 0 || calls.rtp_timeout_secs == 0 {
         let key = if calls.max_duration_secs == 0 {
             "calls.max_duration_secs"
@@ -1073,6 +1098,7 @@ fn validate(
             drain_secs: calls.drain_secs,
             max_calls: calls.max_calls,
             max_calls_per_user: calls.max_calls_per_user,
+            ring_secs: calls.ring_secs,
         },
         http_listen,
         data_dir,

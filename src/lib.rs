@@ -5,6 +5,7 @@
 //! crates under `crates/` and is driven from here.
 
 pub mod agent;
+pub mod bridge;
 pub mod calls;
 pub mod cli;
 pub mod config;

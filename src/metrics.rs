@@ -137,6 +137,8 @@ pub struct Metrics {
     pub admission_rejects: Family<ReasonLabel, Counter>,
     /// Requests answered with a stateless 503 because of overload.
     pub stateless_overload_responses: Counter,
+    /// Calls placed to registered phones for calls between phones (one per fork).
+    pub bridge_legs: Counter,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
     /// Calls in progress over every application (what `calls_active` sums to).
@@ -270,6 +272,12 @@ impl Metrics {
             "Requests answered with a stateless 503 under overload",
             stateless_overload_responses.clone(),
         );
+        let bridge_legs = Counter::default();
+        registry.register(
+            "bridge_legs",
+            "Calls placed to registered phones for calls between phones (one per phone rung)",
+            bridge_legs.clone(),
+        );
         let agent_state = Arc::new(AtomicI64::new(0));
         Self {
             registry,
@@ -294,6 +302,7 @@ impl Metrics {
             rtp_rejected_packets,
             admission_rejects,
             stateless_overload_responses,
+            bridge_legs,
             agent_state,
             calls_active_total: AtomicI64::new(0),
             draining: AtomicBool::new(false),

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sofia_sip::{
-    Body, CallHandle, Endpoint, Event, Frame, RegistrarSnapshot, StreamFramer, Transport, PONG,
+    Body, CallHandle, Endpoint, Event, Frame, OutgoingInvite, RegistrarSnapshot, StreamFramer,
+    Transport, PONG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -57,6 +58,23 @@ pub enum CallCommand {
 pub enum CallNotice {
     Incoming(sofia_sip::IncomingCall),
     Event(Event),
+    /// Calls placed for `owner` (one per registered contact of the user it dialled):
+    /// their events go to `owner`'s task. Sent before any event of theirs.
+    Legs {
+        owner: CallHandle,
+        legs: Vec<CallHandle>,
+    },
+}
+
+/// A call to place to every phone registered as a user (parallel forking).
+#[derive(Debug, Clone)]
+pub struct ForkRequest {
+    /// The inbound call the new calls belong to.
+    pub owner: CallHandle,
+    /// The user (address of record) whose bindings are called.
+    pub aor: String,
+    /// The INVITE to send to each; destination and Request-URI come from each binding.
+    pub template: OutgoingInvite,
 }
 
 /// Input of the endpoint task.
@@ -88,6 +106,10 @@ enum Control {
         call: CallHandle,
         command: CallCommand,
     },
+    Fork {
+        request: ForkRequest,
+        placed: tokio::sync::oneshot::Sender<Vec<CallHandle>>,
+    },
     Shutdown,
 }
 
@@ -104,6 +126,14 @@ impl EndpointHandle {
 
     pub fn shutdown(&self) {
         let _ = self.control.send(Control::Shutdown);
+    }
+
+    /// Places one INVITE per registered contact of `request.aor`; resolves to their
+    /// handles (empty when the user has no phone registered).
+    pub fn fork(&self, request: ForkRequest) -> tokio::sync::oneshot::Receiver<Vec<CallHandle>> {
+        let (placed, handles) = tokio::sync::oneshot::channel();
+        let _ = self.control.send(Control::Fork { request, placed });
+        handles
     }
 }
 
@@ -276,6 +306,16 @@ impl EndpointTask {
                             self.flush().await;
                             continue;
                         }
+                        Some(Control::Fork { request, placed }) => {
+                            let legs = self.place_fork(now, request.template, &request.aor);
+                            let _ = self.notices.send(CallNotice::Legs {
+                                owner: request.owner,
+                                legs: legs.clone(),
+                            });
+                            let _ = placed.send(legs);
+                            self.flush().await;
+                            continue;
+                        }
                         // Shutdown, or every handle is gone (nobody can stop us later).
                         Some(Control::Shutdown) | None => {
                             self.flush().await;
@@ -414,6 +454,25 @@ impl EndpointTask {
                 },
             }
         }
+    }
+
+    /// One INVITE per live binding of `aor`, each to the address and over the flow the
+    /// phone registered from (its NAT mapping, or its own TCP connection).
+    fn place_fork(&mut self, now: Instant, template: OutgoingInvite, aor: &str) -> Vec<CallHandle> {
+        let mut legs = Vec::new();
+        for binding in self.endpoint.bindings(now, aor) {
+            let invite = OutgoingInvite {
+                destination: binding.source,
+                transport: binding.transport,
+                request_uri: binding.contact.clone(),
+                ..template.clone()
+            };
+            match self.endpoint.invite(now, invite) {
+                Ok(call) => legs.push(call),
+                Err(e) => debug!("no INVITE to {}: {e}", binding.contact),
+            }
+        }
+        legs
     }
 
     /// Pings every contact registered over UDP (RFC 3261 11; the usual NAT keep-alive):

@@ -30,6 +30,11 @@ impl Baresip {
     /// Writes the phone's configuration; `mic` is played as its microphone, and the call
     /// ends (baresip sends BYE) when it runs out.
     pub fn new(sip_port: u16, mic: &Path, o: Options) -> Self {
+        Self::new_as("1000", sip_port, mic, o)
+    }
+
+    /// As [`Baresip::new`], registered as `user` (it answers calls by itself).
+    pub fn new_as(user: &str, sip_port: u16, mic: &Path, o: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let module = if o.codec == "opus" {
             "opus.so"
@@ -64,7 +69,7 @@ impl Baresip {
         std::fs::write(
             dir.path().join("accounts"),
             format!(
-                "<sip:1000@127.0.0.1:{sip_port};transport=udp>;auth_pass={};regint=60;\
+                "<sip:{user}@127.0.0.1:{sip_port};transport=udp>;auth_pass={};regint=60;\
                  audio_codecs={};answermode=auto\n",
                 o.password, o.codec
             ),
@@ -87,6 +92,15 @@ impl Baresip {
             "-t",
             &seconds.to_string(),
         ]);
+        cmd
+    }
+
+    /// baresip registered and waiting for calls (answered at once) for `seconds`.
+    pub fn wait_for_calls(&self, seconds: u32) -> Command {
+        let mut cmd = Command::new("baresip");
+        cmd.arg("-f")
+            .arg(self.dir.path())
+            .args(["-t", &seconds.to_string()]);
         cmd
     }
 

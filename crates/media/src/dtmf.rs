@@ -61,6 +61,19 @@ pub fn digit(event: u8) -> Option<char> {
     }
 }
 
+/// The event code of a DTMF digit (RFC 4733 3.2, table 3): `0`-`9`, `*`, `#`,
+/// `A`-`D` (also `a`-`d`); `None` for anything else. The inverse of [`digit`].
+pub fn event_code(digit: char) -> Option<u8> {
+    match digit {
+        '0'..='9' => Some(digit as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(digit as u8 - b'A' + 12),
+        'a'..='d' => Some(digit as u8 - b'a' + 12),
+        _ => None,
+    }
+}
+
 /// A key press that has finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Digit {
@@ -184,6 +197,18 @@ mod tests {
         let all: String = (0..16).filter_map(digit).collect();
         assert_eq!(all, "0123456789*#ABCD");
         assert_eq!(digit(16), None);
+    }
+
+    #[test]
+    fn event_codes_invert_digits() {
+        for code in 0..16 {
+            let d = digit(code).unwrap();
+            assert_eq!(event_code(d), Some(code));
+            assert_eq!(event_code(d.to_ascii_lowercase()), Some(code));
+        }
+        for c in ['E', 'e', 'F', ' ', '\u{0}', '\u{ff}', '\u{663}'] {
+            assert_eq!(event_code(c), None, "{c:?}");
+        }
     }
 
     #[test]

@@ -34,6 +34,7 @@
 
 use crate::codec::{CodecError, Decoder, Encoder};
 use crate::dtmf::DtmfDetector;
+use crate::dtmf::{event_code, EventPayload};
 use crate::jitter::{Inserted, JitterBuffer, JitterConfig, JitterStats, Playout, Slot};
 use crate::offer_answer::MediaParams;
 use crate::resample::{ClipResampler, ResampleError, StreamResampler};
@@ -72,6 +73,17 @@ const PT_COMFORT_NOISE: u8 = 13;
 const MAX_CATCH_UP_FRAMES: u32 = 5;
 /// Echo mode keeps at most this much audio queued, so its delay stays bounded.
 const ECHO_MAX_QUEUED: Duration = Duration::from_millis(100);
+/// Shortest DTMF event [`MediaSession::send_dtmf`] sends; shorter requests are
+/// lengthened to it (ITU-T Q.24 receivers need 40 ms of tone).
+pub const DTMF_MIN_DURATION: Duration = Duration::from_millis(40);
+/// A good duration for [`MediaSession::send_dtmf`]: what most phones send per key.
+pub const DTMF_DEFAULT_DURATION: Duration = Duration::from_millis(100);
+/// Digits [`MediaSession::send_dtmf`] queues at most (the one on the wire included).
+pub const DTMF_MAX_QUEUED: usize = 32;
+/// Volume of the events we send, in -dBm0 (RFC 4733 2.3.2; phones send 10).
+const DTMF_VOLUME: u8 = 10;
+/// Packets carrying the E bit per event (RFC 4733 2.5.1.4).
+const DTMF_END_PACKETS: u8 = 3;
 
 /// What to send while the playback queue is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -254,6 +266,41 @@ pub enum PlaybackError {
     QueueFull,
 }
 
+/// Why [`MediaSession::send_dtmf`] could not queue a digit.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfSendError {
+    /// The peer did not negotiate telephone-event (RFC 4733): send the digit
+    /// another way (SIP INFO) or not at all.
+    #[error("no telephone-event payload type was negotiated")]
+    NotNegotiated,
+    /// Not one of `0`-`9`, `*`, `#`, `A`-`D`.
+    #[error("{0:?} is not a DTMF digit")]
+    InvalidDigit(char),
+    /// The stream does not send now (hold, recvonly or inactive).
+    #[error("the media stream does not send")]
+    NotSending,
+    /// [`DTMF_MAX_QUEUED`] digits are already waiting.
+    #[error("too many DTMF digits queued")]
+    QueueFull,
+}
+
+/// A telephone event queued or on the wire.
+#[derive(Debug, Clone, Copy)]
+struct OutgoingEvent {
+    /// RFC 4733 event code.
+    event: u8,
+    /// Requested duration, in units of the event's clock rate.
+    units: u32,
+    /// It starts on the first frame due at or after this.
+    not_before: Instant,
+    /// RTP timestamp of its first packet, once sent.
+    start: Option<u32>,
+    /// Duration in its end packets, set with the first of them.
+    final_units: u16,
+    /// End packets sent so far.
+    ends_sent: u8,
+}
+
 /// A source other than the latched one that sends RTP: the stream it has sent so far.
 #[derive(Debug, Clone, Copy)]
 struct RelatchCandidate {
@@ -317,6 +364,8 @@ pub struct MediaSession {
     talking: bool,
     sent_any: bool,
     sent_since_report: bool,
+    /// DTMF to send as telephone events, the one on the wire first.
+    dtmf_out: VecDeque<OutgoingEvent>,
 
     // RTCP.
     next_rtcp: Instant,
@@ -380,6 +429,7 @@ impl MediaSession {
             talking: false,
             sent_any: false,
             sent_since_report: false,
+            dtmf_out: VecDeque::new(),
             next_rtcp: now + first_rtcp,
             last_sr: None,
             pending: VecDeque::new(),
@@ -444,6 +494,8 @@ impl MediaSession {
             self.dtmf = params
                 .telephone_event
                 .map(|te| DtmfDetector::new(te.clock_rate));
+            // Our events' payload type or clock went away or changed mid-event.
+            self.dtmf_out.clear();
         }
         if params.remote_rtp != self.params.remote_rtp {
             // The peer moved (or resumed from a c=0.0.0.0 hold): latch afresh.
@@ -875,6 +927,136 @@ impl MediaSession {
         units_to_duration(self.playback.len() as u64, self.params.clock_rate)
     }
 
+    /// Queues a DTMF digit to send as an RFC 4733 telephone event (a B2BUA passing a
+    /// key press from one leg to the other; call it with [`Event::Dtmf`]'s digit
+    /// and duration, or [`DTMF_DEFAULT_DURATION`]).
+    ///
+    /// The event starts on the first frame of the send schedule due at or after
+    /// `now` and replaces the audio frames while it lasts (RFC 4733 2.5): one packet
+    /// per ptime on the telephone-event payload type, all with the RTP timestamp of
+    /// its first frame, the marker bit on the first, the duration growing by one
+    /// frame each, volume 10, and the E bit on the last, which goes out three times
+    /// (new sequence numbers, same content). Sequence numbers and timestamps stay
+    /// continuous with the audio before and after; the first audio packet after an
+    /// event carries the marker bit (a new talkspurt).
+    ///
+    /// - Timestamps stay on the stream's (the audio codec's) clock; the duration
+    ///   field is in units of the telephone-event clock rate, which may differ
+    ///   (telephone-event/8000 next to opus/48000, as baresip offers).
+    /// - The duration is raised to [`DTMF_MIN_DURATION`], rounded up to whole
+    ///   frames, and capped at what the 16-bit duration field holds (8.19 s at
+    ///   8000 Hz; no long-event segmentation).
+    /// - Playback queued meanwhile is dropped, a frame per event packet, as phones
+    ///   mute the voice while they send a digit; what is queued after the event
+    ///   plays on. The idle mode does not matter: events are sent even with
+    ///   [`IdleMode::Suppress`].
+    /// - Digits sent while one is on the wire are queued (up to
+    ///   [`DTMF_MAX_QUEUED`]) and follow back to back, each a new event with a new
+    ///   timestamp; the two repeated end packets leave two frames between them.
+    /// - Queued digits are dropped when the stream stops sending (hold) or a
+    ///   re-INVITE changes the telephone-event payload.
+    pub fn send_dtmf(
+        &mut self,
+        now: Instant,
+        digit: char,
+        duration: Duration,
+    ) -> Result<(), DtmfSendError> {
+        let event = event_code(digit).ok_or(DtmfSendError::InvalidDigit(digit))?;
+        let te = self
+            .params
+            .telephone_event
+            .ok_or(DtmfSendError::NotNegotiated)?;
+        if !self.params.direction.sends() {
+            return Err(DtmfSendError::NotSending);
+        }
+        if self.dtmf_out.len() >= DTMF_MAX_QUEUED {
+            return Err(DtmfSendError::QueueFull);
+        }
+        let units = duration_to_units(duration.max(DTMF_MIN_DURATION), te.clock_rate)
+            .clamp(1, u64::from(u16::MAX)) as u32;
+        self.dtmf_out.push_back(OutgoingEvent {
+            event,
+            units,
+            not_before: now,
+            start: None,
+            final_units: 0,
+            ends_sent: 0,
+        });
+        Ok(())
+    }
+
+    /// DTMF digits queued by [`send_dtmf`](Self::send_dtmf) and not yet fully
+    /// sent, the one on the wire included.
+    pub fn queued_dtmf(&self) -> usize {
+        self.dtmf_out.len()
+    }
+
+    /// The telephone-event packet for the frame at `timestamp` (`samples` long),
+    /// when a queued event is due; the frame's audio is dropped.
+    fn next_event_packet(&mut self, timestamp: u32, samples: u32) -> Option<Transmit> {
+        if !self.params.direction.sends() {
+            self.dtmf_out.clear();
+            return None;
+        }
+        let te = self.params.telephone_event?;
+        let frame = Duration::from_millis(u64::from(self.params.ptime_ms.clamp(10, 120)));
+        // `poll_transmit` has moved the schedule past this frame already.
+        let due = self.next_send.checked_sub(frame).unwrap_or(self.next_send);
+        let ev = self.dtmf_out.front_mut()?;
+        let first = ev.start.is_none();
+        if first && due < ev.not_before {
+            return None;
+        }
+        let start = *ev.start.get_or_insert(timestamp);
+        let elapsed = (u64::from(timestamp.wrapping_sub(start)) + u64::from(samples))
+            * u64::from(te.clock_rate)
+            / u64::from(self.params.clock_rate.max(1));
+        let (end, duration) = if ev.ends_sent > 0 {
+            (true, ev.final_units)
+        } else if elapsed < u64::from(ev.units) {
+            (false, elapsed as u16)
+        } else {
+            ev.final_units = elapsed.min(u64::from(u16::MAX)) as u16;
+            (true, ev.final_units)
+        };
+        let payload = EventPayload {
+            event: ev.event,
+            end,
+            volume: DTMF_VOLUME,
+            duration,
+        }
+        .to_bytes();
+        if end {
+            ev.ends_sent += 1;
+            if ev.ends_sent >= DTMF_END_PACKETS {
+                self.dtmf_out.pop_front();
+            }
+        }
+        let header = RtpHeader {
+            marker: first,
+            payload_type: te.payload_type,
+            sequence_number: self.seq_out,
+            timestamp: start,
+            ssrc: self.ssrc,
+        };
+        let mut bytes = Vec::with_capacity(rtp::FIXED_HEADER_LEN + payload.len());
+        rtp::write_packet(&header, &payload, &mut bytes);
+        // The voice under the tone is muted, not delayed.
+        let muted = (samples as usize).min(self.playback.len());
+        self.playback.drain(..muted);
+        self.seq_out = self.seq_out.wrapping_add(1);
+        self.talking = false;
+        self.sent_any = true;
+        self.sent_since_report = true;
+        self.stats.packets_sent += 1;
+        self.stats.octets_sent += payload.len() as u64;
+        Some(Transmit {
+            destination: self.rtp_destination,
+            component: Component::Rtp,
+            bytes,
+        })
+    }
+
     /// The next datagram to send at `now`: a due RTCP report, or the RTP packet of
     /// the frame due on the 20 ms schedule. Call until it returns `None`.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
@@ -913,6 +1095,9 @@ impl MediaSession {
         let samples = self.frame_units();
         let timestamp = self.ts_out;
         self.ts_out = self.ts_out.wrapping_add(samples);
+        if let Some(t) = self.next_event_packet(timestamp, samples) {
+            return Some(t);
+        }
         if !self.params.direction.sends() {
             self.talking = false;
             return None;
