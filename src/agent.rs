@@ -51,6 +51,23 @@ pub struct Agent {
     metrics: Arc<Metrics>,
 }
 
+/// Whom the agent may hand callers to: `agent.handoff_extension` for "a person", and
+/// `agent.handoff_allowed` (default: every configured user) by number. `None` when
+/// neither names anybody.
+pub fn handoff_config(profile: &crate::config::Profile) -> Option<sofia_voice::HandoffConfig> {
+    let settings = &profile.agent;
+    let allowed: Vec<String> = if settings.handoff_allowed.is_empty() {
+        profile.users.iter().map(|u| u.extension.clone()).collect()
+    } else {
+        settings.handoff_allowed.clone()
+    };
+    let default_target = settings.handoff_extension.clone();
+    (default_target.is_some() || !allowed.is_empty()).then_some(sofia_voice::HandoffConfig {
+        default_target,
+        allowed,
+    })
+}
+
 /// The memory's behaviour from the profile's `[memory]` section.
 pub fn memory_config(settings: &crate::config::MemorySettings) -> MemoryConfig {
     let mut config = MemoryConfig::default();
@@ -113,6 +130,7 @@ impl Agent {
             max_call: Duration::from_secs(profile.calls.max_duration_secs.into()),
             llm_timeout,
             use_llm: llm.is_some(),
+            handoff: handoff_config(profile),
             ..sofia_voice::Config::default()
         };
         // One transcription at a time uses every core (whisper.cpp threads inside);
@@ -276,6 +294,15 @@ impl AgentSlot {
     }
 }
 
+/// What the agent wants done with its call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentRequest {
+    /// End it (its goodbye has played).
+    HangUp(HangUpReason),
+    /// Connect the caller to this extension (it has said so).
+    Transfer(String),
+}
+
 /// One call's conversation and the plumbing around it.
 pub struct AgentCall {
     agent: Arc<Agent>,
@@ -391,8 +418,9 @@ impl AgentCall {
     }
 
     /// Fires due timers, reports playback progress, and carries out every action the
-    /// conversation has queued. Returns why the agent wants the call ended, if it does.
-    pub fn drive(&mut self, now: Instant, session: &mut MediaSession) -> Option<HangUpReason> {
+    /// conversation has queued. Returns what the agent wants done with the call, if
+    /// anything: ended, or handed to a person.
+    pub fn drive(&mut self, now: Instant, session: &mut MediaSession) -> Option<AgentRequest> {
         if self.conversation.poll_timeout().is_some_and(|t| t <= now) {
             self.conversation.handle_timeout(now);
         }
@@ -407,11 +435,17 @@ impl AgentCall {
         hang_up
     }
 
+    /// The transfer the agent asked for did not connect: it tells the caller.
+    pub fn transfer_failed(&mut self, now: Instant, target: &str, status: u16) {
+        self.conversation
+            .handle_transfer_failed(now, target, status);
+    }
+
     fn drain_actions(
         &mut self,
         now: Instant,
         mut session: Option<&mut MediaSession>,
-    ) -> Option<HangUpReason> {
+    ) -> Option<AgentRequest> {
         let mut hang_up = None;
         while let Some(action) = self.conversation.poll_action() {
             if let Action::Remember(turn) = &action {
@@ -444,7 +478,8 @@ impl AgentCall {
                     session.flush_playback();
                     self.playback.flush();
                 }
-                MediaCommand::HangUp(reason) => hang_up = Some(reason),
+                MediaCommand::HangUp(reason) => hang_up = Some(AgentRequest::HangUp(reason)),
+                MediaCommand::Transfer(target) => hang_up = Some(AgentRequest::Transfer(target)),
             }
         }
         // Empty clips finish at once.

@@ -221,24 +221,15 @@ impl Bridge {
         params_b: MediaParams,
         sdp_b: &mut SdpSession,
     ) {
-        let session_config = |output_rate: u32, cname: String| SessionConfig {
-            seed: rand::random(),
-            inactivity_timeout: Some(self.rtp_timeout),
-            // Each leg's decoded audio comes out at the other leg's rate, ready to be
-            // encoded there: the only resampling the relay does.
-            output_rate: Some(output_rate),
-            cname,
-            ..SessionConfig::default()
-        };
         let a = media::new_session(
             self.params_a.clone(),
-            session_config(params_b.clock_rate, format!("sofia-phone-{}", self.call.0)),
+            relay_session_config(self.rtp_timeout, params_b.clock_rate, self.call),
         );
         let b = media::new_session(
             params_b.clone(),
-            session_config(self.params_a.clock_rate, format!("sofia-phone-{}", leg.0)),
+            relay_session_config(self.rtp_timeout, self.params_a.clock_rate, leg),
         );
-        let (mut a, mut b) = match (a, b) {
+        let (mut a, b) = match (a, b) {
             (Ok(a), Ok(b)) => (a, b),
             (a, b) => {
                 warn!(
@@ -254,100 +245,199 @@ impl Bridge {
         };
         let _active = ActiveCall::start(&self.metrics, Application::User);
         let deadline = tokio::time::Instant::now() + self.max_duration;
-        let mut lifecycle = self.lifecycle.clone();
-        let (mut buf_a, mut buf_b) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let (mut rtcp_a, mut rtcp_b) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let ended = loop {
-            let wake = tokio::time::Instant::from_std(a.poll_timeout().min(b.poll_timeout()));
-            tokio::select! {
-                r = self.ports_a.rtp.recv_from(&mut buf_a) => if let Ok((n, from)) = r {
-                    a.handle_datagram(Instant::now(), from, &buf_a[..n]);
-                },
-                r = self.ports_a.rtcp.recv_from(&mut rtcp_a) => if let Ok((n, from)) = r {
-                    a.handle_datagram(Instant::now(), from, &rtcp_a[..n]);
-                },
-                r = self.ports_b.rtp.recv_from(&mut buf_b) => if let Ok((n, from)) = r {
-                    b.handle_datagram(Instant::now(), from, &buf_b[..n]);
-                },
-                r = self.ports_b.rtcp.recv_from(&mut rtcp_b) => if let Ok((n, from)) = r {
-                    b.handle_datagram(Instant::now(), from, &rtcp_b[..n]);
-                },
-                _ = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    a.handle_timeout(now);
-                    b.handle_timeout(now);
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    info!("call to {}: maximum duration reached", self.extension);
-                    break Ended::Neither;
-                }
-                _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
-                    break Ended::Neither;
-                }
-                event = events.recv() => match event {
-                    None => break Ended::Neither,
-                    Some(Event::CallEnded { call, .. } | Event::CallCancelled { call }) if call == self.call => {
-                        break Ended::Caller;
-                    }
-                    Some(Event::CallEnded { call, .. }) if call == leg => break Ended::Callee,
-                    Some(Event::ReInvite { call, body }) if call == self.call => {
-                        answer_reinvite(&self.endpoint, call, &self.extension, &mut self.sdp_a, &mut a, body);
-                    }
-                    Some(Event::ReInvite { call, body }) if call == leg => {
-                        answer_reinvite(&self.endpoint, call, &self.extension, sdp_b, &mut b, body);
-                    }
-                    Some(Event::Info { call, body: Some(body) }) => {
-                        // SIP INFO DTMF goes on as RFC 4733 on the other leg.
-                        if let Some(digit) = info_dtmf(&body) {
-                            let to = if call == self.call { &mut b } else { &mut a };
-                            pass_dtmf(to, digit, &self.extension);
-                        }
-                    }
-                    Some(_) => {}
-                },
-            }
-            let inactive_a = relay(&mut a, &mut b, &self.extension);
-            let inactive_b = relay(&mut b, &mut a, &self.extension);
-            if inactive_a || inactive_b {
-                info!(
-                    "call to {}: no RTP for {:?}, hanging up",
-                    self.extension, self.rtp_timeout
-                );
-                break Ended::Neither;
-            }
-            let now = Instant::now();
-            media::send_transmits(&mut a, &self.ports_a, now);
-            media::send_transmits(&mut b, &self.ports_b, now);
-        };
-        match ended {
-            Ended::Caller => self.hang_up(leg),
-            Ended::Callee => self.hang_up(self.call),
-            Ended::Neither => {
-                self.hang_up(self.call);
-                self.hang_up(leg);
-            }
-        }
-        let (sa, sb) = (a.stats(), b.stats());
-        let rejected = sa.rtp_rejected + sa.rtcp_rejected + sb.rtp_rejected + sb.rtcp_rejected;
-        self.metrics.rtp_rejected_packets.inc_by(rejected);
-        info!(
-            "call to {} over: caller {sa:?}, callee {sb:?}",
-            self.extension
-        );
+        let ended = relay(
+            RelayEnds {
+                endpoint: &self.endpoint,
+                metrics: &self.metrics,
+                extension: &self.extension,
+                lifecycle: self.lifecycle.clone(),
+                deadline,
+                rtp_timeout: self.rtp_timeout,
+            },
+            Leg {
+                call: self.call,
+                session: &mut a,
+                ports: &self.ports_a,
+                sdp: &mut self.sdp_a,
+            },
+            BLeg {
+                call: leg,
+                session: b,
+                ports: &self.ports_b,
+                sdp: sdp_b,
+            },
+            events,
+        )
+        .await;
+        ended.hang_up_the_rest(&self.endpoint, self.call, leg);
     }
 }
 
-/// Which side ended a connected call.
-enum Ended {
+/// A media session configured for relaying: its decoded audio comes out at the other
+/// leg's clock rate, ready to be encoded there (the only resampling the relay does).
+pub(crate) fn relay_session_config(
+    rtp_timeout: Duration,
+    other_rate: u32,
+    call: CallHandle,
+) -> SessionConfig {
+    SessionConfig {
+        seed: rand::random(),
+        inactivity_timeout: Some(rtp_timeout),
+        output_rate: Some(other_rate),
+        cname: format!("sofia-phone-{}", call.0),
+        ..SessionConfig::default()
+    }
+}
+
+/// What a relayed call needs besides its two legs.
+pub(crate) struct RelayEnds<'a> {
+    pub endpoint: &'a EndpointHandle,
+    pub metrics: &'a Metrics,
+    pub extension: &'a str,
+    pub lifecycle: watch::Receiver<Lifecycle>,
+    pub deadline: tokio::time::Instant,
+    pub rtp_timeout: Duration,
+}
+
+/// The caller's leg of a relayed call (its session may have been running already, as
+/// when the agent hands a caller to a person).
+pub(crate) struct Leg<'a> {
+    pub call: CallHandle,
+    pub session: &'a mut MediaSession,
+    pub ports: &'a CallPorts,
+    pub sdp: &'a mut SdpSession,
+}
+
+/// The callee's leg: its session starts with the relay.
+pub(crate) struct BLeg<'a> {
+    pub call: CallHandle,
+    pub session: MediaSession,
+    pub ports: &'a CallPorts,
+    pub sdp: &'a mut SdpSession,
+}
+
+/// Relays audio (and DTMF) between the two legs until one ends; re-INVITEs on either
+/// leg are answered from its own SDP session. Returns who ended it.
+pub(crate) async fn relay(
+    ends: RelayEnds<'_>,
+    a: Leg<'_>,
+    b: BLeg<'_>,
+    events: &mut CallEvents,
+) -> Ended {
+    let RelayEnds {
+        endpoint,
+        metrics,
+        extension,
+        mut lifecycle,
+        deadline,
+        rtp_timeout,
+    } = ends;
+    let (call, leg) = (a.call, b.call);
+    let (sa, pa, sdp_a) = (a.session, a.ports, a.sdp);
+    let (mut sb, pb, sdp_b) = (b.session, b.ports, b.sdp);
+    let (mut buf_a, mut buf_b) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let (mut rtcp_a, mut rtcp_b) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let before = sa.stats();
+    let ended = loop {
+        let wake = tokio::time::Instant::from_std(sa.poll_timeout().min(sb.poll_timeout()));
+        tokio::select! {
+            r = pa.rtp.recv_from(&mut buf_a) => if let Ok((n, from)) = r {
+                sa.handle_datagram(Instant::now(), from, &buf_a[..n]);
+            },
+            r = pa.rtcp.recv_from(&mut rtcp_a) => if let Ok((n, from)) = r {
+                sa.handle_datagram(Instant::now(), from, &rtcp_a[..n]);
+            },
+            r = pb.rtp.recv_from(&mut buf_b) => if let Ok((n, from)) = r {
+                sb.handle_datagram(Instant::now(), from, &buf_b[..n]);
+            },
+            r = pb.rtcp.recv_from(&mut rtcp_b) => if let Ok((n, from)) = r {
+                sb.handle_datagram(Instant::now(), from, &rtcp_b[..n]);
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                let now = Instant::now();
+                sa.handle_timeout(now);
+                sb.handle_timeout(now);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                info!("call to {extension}: maximum duration reached");
+                break Ended::Neither;
+            }
+            _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
+                break Ended::Neither;
+            }
+            event = events.recv() => match event {
+                None => break Ended::Neither,
+                Some(Event::CallEnded { call: c, .. } | Event::CallCancelled { call: c }) if c == call => {
+                    break Ended::Caller;
+                }
+                Some(Event::CallEnded { call: c, .. }) if c == leg => break Ended::Callee,
+                Some(Event::ReInvite { call: c, body }) if c == call => {
+                    answer_reinvite(endpoint, c, extension, sdp_a, sa, body);
+                }
+                Some(Event::ReInvite { call: c, body }) if c == leg => {
+                    answer_reinvite(endpoint, c, extension, sdp_b, &mut sb, body);
+                }
+                Some(Event::Info { call: c, body: Some(body) }) => {
+                    // SIP INFO DTMF goes on as RFC 4733 on the other leg.
+                    if let Some(digit) = info_dtmf(&body) {
+                        let to = if c == call { &mut sb } else { &mut *sa };
+                        pass_dtmf(to, digit, extension);
+                    }
+                }
+                Some(_) => {}
+            },
+        }
+        let inactive_a = pump(sa, &mut sb, extension);
+        let inactive_b = pump(&mut sb, sa, extension);
+        if inactive_a || inactive_b {
+            info!("call to {extension}: no RTP for {rtp_timeout:?}, hanging up");
+            break Ended::Neither;
+        }
+        let now = Instant::now();
+        media::send_transmits(sa, pa, now);
+        media::send_transmits(&mut sb, pb, now);
+    };
+    let (after, stats_b) = (sa.stats(), sb.stats());
+    let rejected = (after.rtp_rejected + after.rtcp_rejected)
+        .saturating_sub(before.rtp_rejected + before.rtcp_rejected)
+        + stats_b.rtp_rejected
+        + stats_b.rtcp_rejected;
+    metrics.rtp_rejected_packets.inc_by(rejected);
+    info!("call to {extension} over: caller {after:?}, callee {stats_b:?}");
+    ended
+}
+
+/// Which side ended a relayed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
     Caller,
     Callee,
     /// The switch did (limit, shutdown, media timeout): both legs get BYE.
     Neither,
 }
 
+impl Ended {
+    /// Hangs up the leg (or legs) that did not end the call themselves.
+    pub(crate) fn hang_up_the_rest(
+        self,
+        endpoint: &EndpointHandle,
+        caller: CallHandle,
+        callee: CallHandle,
+    ) {
+        let rest: &[CallHandle] = match self {
+            Ended::Caller => &[callee],
+            Ended::Callee => &[caller],
+            Ended::Neither => &[caller, callee],
+        };
+        for call in rest {
+            endpoint.command(*call, CallCommand::Hangup);
+        }
+    }
+}
+
 /// Moves what `from` decoded into `to`'s send queue. Returns true when `from` reports
 /// its RTP has stopped.
-fn relay(from: &mut MediaSession, to: &mut MediaSession, extension: &str) -> bool {
+fn pump(from: &mut MediaSession, to: &mut MediaSession, extension: &str) -> bool {
     let mut inactive = false;
     while let Some(event) = from.poll_event() {
         match event {
@@ -365,7 +455,7 @@ fn relay(from: &mut MediaSession, to: &mut MediaSession, extension: &str) -> boo
     inactive
 }
 
-fn pass_dtmf(to: &mut MediaSession, digit: char, extension: &str) {
+pub(crate) fn pass_dtmf(to: &mut MediaSession, digit: char, extension: &str) {
     if let Err(e) = to.send_dtmf(Instant::now(), digit, DTMF_LENGTH) {
         info!("call to {extension}: DTMF {digit} not passed on ({e})");
     }

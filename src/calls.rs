@@ -18,7 +18,7 @@ use sofia_sip::{Body, CallHandle, EndReason, Event, IncomingCall};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::agent::{Agent, AgentCall, AgentSlot};
+use crate::agent::{Agent, AgentCall, AgentRequest, AgentSlot};
 use crate::config::{Application, Codec, Profile};
 use crate::media::{self, CallPorts, PortPool};
 use crate::metrics::{ActiveCall, Metrics};
@@ -377,6 +377,17 @@ async fn start_call(
         max_duration: Duration::from_secs(layer.profile.calls.max_duration_secs.into()),
         rtp_timeout: Duration::from_secs(layer.profile.calls.rtp_timeout_secs.into()),
         rejected_reported: 0,
+        pool: layer.ports.clone(),
+        codecs: layer
+            .profile
+            .rtp
+            .codecs
+            .iter()
+            .map(|c| codec_kind(*c))
+            .collect(),
+        media_ip: layer.media_ip,
+        ring: Duration::from_secs(layer.profile.calls.ring_secs.into()),
+        authenticated: incoming.authenticated_user.is_some(),
     };
     let delay = Duration::from_millis(layer.profile.calls.answer_delay_ms.into());
     tokio::spawn(task.run(events, answer, params, delay));
@@ -450,6 +461,22 @@ struct CallTask {
     rtp_timeout: Duration,
     /// Refused media packets already counted in the metrics.
     rejected_reported: u64,
+    /// For handing the caller to a person: ports for the second call, its codecs and
+    /// address, how long it rings, and whether the caller's identity may be asserted.
+    pool: PortPool,
+    codecs: Vec<CodecKind>,
+    media_ip: IpAddr,
+    ring: Duration,
+    authenticated: bool,
+}
+
+/// How handing the caller to a person came out.
+enum HandOff {
+    /// The call is over (the person and the caller talked, or the caller hung up);
+    /// every leg has been hung up as needed.
+    Over,
+    /// Nobody took it (the status the phones gave): back to the agent.
+    Failed(u16),
 }
 
 impl CallTask {
@@ -678,13 +705,32 @@ impl CallTask {
                 }
             }
             if let Some(a) = agent.as_mut() {
-                if let Some(reason) = a.drive(now, session) {
-                    // The conversation asks only once its goodbye has played out.
-                    info!(
-                        "call to {}: the agent hangs up ({reason:?})",
-                        self.extension
-                    );
-                    return false;
+                match a.drive(now, session) {
+                    Some(AgentRequest::HangUp(reason)) => {
+                        // The conversation asks only once its goodbye has played out.
+                        info!(
+                            "call to {}: the agent hangs up ({reason:?})",
+                            self.extension
+                        );
+                        return false;
+                    }
+                    Some(AgentRequest::Transfer(target)) => {
+                        match self.hand_off(session, events, &target).await {
+                            HandOff::Over => {
+                                self.metrics.agent_transfer("connected");
+                                return true;
+                            }
+                            HandOff::Failed(status) => {
+                                self.metrics.agent_transfer("failed");
+                                info!(
+                                    "call to {}: {target} did not take the caller ({status}); back to the agent",
+                                    self.extension
+                                );
+                                a.transfer_failed(Instant::now(), &target, status);
+                            }
+                        }
+                    }
+                    None => {}
                 }
             }
             // After the events and the agent: audio the agent queued (or flushed, on a
@@ -694,6 +740,188 @@ impl CallTask {
     }
 
     /// A re-INVITE (hold, unhold, session refresh): answer from the same SDP session.
+    /// Hands the caller to `target`'s phones (as a call between phones does), keeping
+    /// the caller's media going while they ring; once one answers, relays the two
+    /// until either hangs up.
+    async fn hand_off(
+        &mut self,
+        session: &mut sofia_media::MediaSession,
+        events: &mut CallEvents,
+        target: &str,
+    ) -> HandOff {
+        let Some(ports_b) = self.pool.bind().await else {
+            warn!("call to {}: no free RTP ports to hand off", self.extension);
+            return HandOff::Failed(503);
+        };
+        let config_b = MediaConfig::new(self.codecs.clone(), self.media_ip, ports_b.pair.rtp);
+        let mut sdp_b = SdpSession::new(config_b, rand::random::<u32>().into());
+        let host = self.media_ip.to_string();
+        let template = sofia_sip::OutgoingInvite {
+            destination: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            transport: sofia_sip::Transport::Udp,
+            request_uri: String::new(),
+            to: format!("sip:{target}@{host}"),
+            from_user: self.caller.clone(),
+            from_display: None,
+            asserted_identity: self
+                .authenticated
+                .then(|| format!("<sip:{}@{host}>", self.caller)),
+            body: Some(Body {
+                content_type: SDP.to_string(),
+                bytes: sdp_b.create_offer(),
+            }),
+        };
+        info!(
+            "call to {}: handing {} to {target}",
+            self.extension, self.caller
+        );
+        let mut placed = Some(self.endpoint.fork(crate::sip::ForkRequest {
+            owner: self.call,
+            aor: target.to_string(),
+            template,
+        }));
+        let mut fork: Option<sofia_sip::Fork> = None;
+        let give_up = |fork: &mut Option<sofia_sip::Fork>, endpoint: &EndpointHandle| {
+            for leg in fork.as_mut().map(|f| f.give_up()).unwrap_or_default() {
+                endpoint.command(leg, CallCommand::Hangup);
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.ring;
+        let mut lifecycle = self.lifecycle.clone();
+        let (mut rtp_buf, mut rtcp_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
+        let (winner, params_b) = loop {
+            let wake = tokio::time::Instant::from_std(session.poll_timeout());
+            tokio::select! {
+                legs = async { placed.as_mut().expect("guarded").await }, if placed.is_some() => {
+                    placed = None;
+                    match legs {
+                        Ok(legs) if !legs.is_empty() => {
+                            self.metrics.bridge_legs.inc_by(legs.len() as u64);
+                            fork = Some(sofia_sip::Fork::new(legs));
+                        }
+                        _ => return HandOff::Failed(480),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    give_up(&mut fork, &self.endpoint);
+                    return HandOff::Failed(408);
+                }
+                r = self.ports.rtp.recv_from(&mut rtp_buf) => if let Ok((n, from)) = r {
+                    session.handle_datagram(Instant::now(), from, &rtp_buf[..n]);
+                },
+                r = self.ports.rtcp.recv_from(&mut rtcp_buf) => if let Ok((n, from)) = r {
+                    session.handle_datagram(Instant::now(), from, &rtcp_buf[..n]);
+                },
+                _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
+                _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
+                    give_up(&mut fork, &self.endpoint);
+                    self.endpoint.command(self.call, CallCommand::Hangup);
+                    return HandOff::Over;
+                }
+                event = events.recv() => match event {
+                    None => {
+                        give_up(&mut fork, &self.endpoint);
+                        return HandOff::Over;
+                    }
+                    Some(Event::CallEnded { call, .. } | Event::CallCancelled { call }) if call == self.call => {
+                        info!("call to {}: the caller hung up during the hand-off", self.extension);
+                        give_up(&mut fork, &self.endpoint);
+                        return HandOff::Over;
+                    }
+                    Some(Event::CallAnswered { call, body }) => {
+                        let Some(f) = fork.as_mut() else { continue };
+                        match f.answered(call) {
+                            sofia_sip::ForkAction::Connect { winner, cancel } => {
+                                for leg in cancel {
+                                    self.endpoint.command(leg, CallCommand::Hangup);
+                                }
+                                match body.filter(is_sdp).map(|b| sdp_b.handle_answer(&b.bytes)) {
+                                    Some(Ok(params)) => break (winner, params),
+                                    _ => {
+                                        self.endpoint.command(winner, CallCommand::Hangup);
+                                        return HandOff::Failed(488);
+                                    }
+                                }
+                            }
+                            sofia_sip::ForkAction::HangUp(late) => {
+                                self.endpoint.command(late, CallCommand::Hangup);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(Event::CallFailed { call, status }) => {
+                        if let Some(sofia_sip::ForkAction::Fail(code)) =
+                            fork.as_mut().map(|f| f.failed(call, status))
+                        {
+                            return HandOff::Failed(code);
+                        }
+                    }
+                    Some(Event::ReInvite { call, body }) if call == self.call => {
+                        answer_reinvite(&self.endpoint, call, &self.extension, &mut self.sdp, session, body);
+                    }
+                    Some(_) => {}
+                },
+            }
+            // The agent is silent meanwhile: the caller's audio is not listened to.
+            while let Some(event) = session.poll_event() {
+                if matches!(event, sofia_media::Event::Inactive) {
+                    give_up(&mut fork, &self.endpoint);
+                    self.endpoint.command(self.call, CallCommand::Hangup);
+                    return HandOff::Over;
+                }
+            }
+            media::send_transmits(session, &self.ports, Instant::now());
+        };
+        info!(
+            "call to {}: {target} answered; the caller is connected",
+            self.extension
+        );
+        let session_b = match media::new_session(
+            params_b,
+            crate::bridge::relay_session_config(
+                self.rtp_timeout,
+                session.params().clock_rate,
+                winner,
+            ),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(
+                    "call to {}: cannot start the person's media ({e})",
+                    self.extension
+                );
+                self.endpoint.command(winner, CallCommand::Hangup);
+                return HandOff::Failed(500);
+            }
+        };
+        let ended = crate::bridge::relay(
+            crate::bridge::RelayEnds {
+                endpoint: &self.endpoint,
+                metrics: &self.metrics,
+                extension: &self.extension,
+                lifecycle: self.lifecycle.clone(),
+                deadline: tokio::time::Instant::now() + self.max_duration,
+                rtp_timeout: self.rtp_timeout,
+            },
+            crate::bridge::Leg {
+                call: self.call,
+                session,
+                ports: &self.ports,
+                sdp: &mut self.sdp,
+            },
+            crate::bridge::BLeg {
+                call: winner,
+                session: session_b,
+                ports: &ports_b,
+                sdp: &mut sdp_b,
+            },
+            events,
+        )
+        .await;
+        ended.hang_up_the_rest(&self.endpoint, self.call, winner);
+        HandOff::Over
+    }
+
     fn handle_reinvite(&mut self, session: &mut sofia_media::MediaSession, body: Option<Body>) {
         answer_reinvite(
             &self.endpoint,

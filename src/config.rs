@@ -319,6 +319,12 @@ pub struct AgentSettings {
     /// Concurrent calls to the agent, as configured; 0: automatic, see
     /// [`AgentSettings::max_calls`]. Beyond it calls get 486 with Retry-After.
     pub max_calls: u32,
+    /// Where "connect me to a person" (or the key 0) puts the caller through; `None`:
+    /// only extensions asked for by number, from `handoff_allowed`.
+    pub handoff_extension: Option<String>,
+    /// Extensions a caller may ask the agent for by number; empty: every configured
+    /// user.
+    pub handoff_allowed: Vec<String>,
 }
 
 impl AgentSettings {
@@ -594,6 +600,8 @@ struct AgentFile {
     llm_api_key: String,
     llm_timeout_secs: u32,
     max_calls: u32,
+    handoff_extension: String,
+    handoff_allowed: Vec<String>,
 }
 
 impl Default for AgentFile {
@@ -608,6 +616,8 @@ impl Default for AgentFile {
             llm_api_key: String::new(),
             llm_timeout_secs: 30,
             max_calls: 0,
+            handoff_extension: String::new(),
+            handoff_allowed: Vec::new(),
         }
     }
 }
@@ -1191,6 +1201,13 @@ fn agent_settings(
         100_000,
         "calls (0: automatic, 2 per CPU core)",
     )?;
+    let handoff_extension = file.handoff_extension.trim().to_string();
+    if !handoff_extension.is_empty() {
+        check_extension(origin, "agent.handoff_extension", &handoff_extension)?;
+    }
+    for (i, ext) in file.handoff_allowed.iter().enumerate() {
+        check_extension(origin, &format!("agent.handoff_allowed[{i}]"), ext)?;
+    }
     let (url_origin, url_key, url) = match env.var("SOFIA_LLM_URL") {
         Some(url) => ("environment", "SOFIA_LLM_URL", url),
         None => (origin, "agent.llm_url", file.llm_url),
@@ -1220,6 +1237,8 @@ fn agent_settings(
         llm_api_key: (!llm_api_key.is_empty()).then_some(llm_api_key),
         llm_timeout_secs,
         max_calls,
+        handoff_extension: (!handoff_extension.is_empty()).then_some(handoff_extension),
+        handoff_allowed: file.handoff_allowed,
     })
 }
 

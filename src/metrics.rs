@@ -139,6 +139,8 @@ pub struct Metrics {
     pub stateless_overload_responses: Counter,
     /// Calls placed to registered phones for calls between phones (one per fork).
     pub bridge_legs: Counter,
+    /// Callers the agent handed to a person, by outcome: `connected`, `failed`.
+    pub agent_transfers: Family<OutcomeLabel, Counter>,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
     /// Calls in progress over every application (what `calls_active` sums to).
@@ -278,6 +280,12 @@ impl Metrics {
             "Calls placed to registered phones for calls between phones (one per phone rung)",
             bridge_legs.clone(),
         );
+        let agent_transfers = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "agent_transfers",
+            "Callers the agent handed to a person, by outcome (connected, failed)",
+            agent_transfers.clone(),
+        );
         let agent_state = Arc::new(AtomicI64::new(0));
         Self {
             registry,
@@ -303,6 +311,7 @@ impl Metrics {
             admission_rejects,
             stateless_overload_responses,
             bridge_legs,
+            agent_transfers,
             agent_state,
             calls_active_total: AtomicI64::new(0),
             draining: AtomicBool::new(false),
@@ -319,6 +328,15 @@ impl Metrics {
         StageLabel {
             stage: stage_name(stage).to_string(),
         }
+    }
+
+    /// Counts a hand-off from the agent to a person.
+    pub fn agent_transfer(&self, outcome: &str) {
+        self.agent_transfers
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a memory recall's outcome (and its time when it was in time).

@@ -6,8 +6,8 @@ mod voice_support;
 use std::time::{Duration, Instant};
 
 use sofia_voice::{
-    Action, BreakerConfig, BreakerState, Config, Event, HangUpReason, Llm, Memory, Prompt, Role,
-    Stage, State, Stt, Tts,
+    Action, BreakerConfig, BreakerState, Config, Event, HandoffConfig, HangUpReason, Llm, Memory,
+    Prompt, Role, Stage, State, Stt, Tts,
 };
 use voice_support::{is_prompt, FakeTts, Harness, ScriptedLlm, ScriptedStt, VecMemory, FRAME};
 
@@ -678,4 +678,101 @@ fn remote_hangup_mid_reply_remembers_the_played_part_and_never_the_greeting() {
         !agent.iter().any(|t| t.contains("How can I help")),
         "the greeting is a canned prompt, never remembered: {agent:?}"
     );
+}
+
+fn with_handoff() -> Config {
+    Config {
+        handoff: Some(HandoffConfig {
+            default_target: Some("1001".into()),
+            allowed: vec!["1001".into(), "1002".into()],
+        }),
+        ..late_stt()
+    }
+}
+
+#[test]
+fn asking_for_a_person_is_answered_then_transferred_and_the_agent_goes_quiet() {
+    let s = Stages::new();
+    let mut h = harness(with_handoff(), &s);
+    h.until_listening();
+    s.stt.say("Can you connect me to a person, please?");
+    h.speak(ms(1200));
+    h.silence(ms(700));
+    for _ in 0..200 {
+        if !h.transfers.is_empty() {
+            break;
+        }
+        h.frame(false);
+    }
+    assert_eq!(h.transfers, vec!["1001".to_string()]);
+    let spoken = s.tts.spoken.lock().unwrap().clone();
+    assert!(
+        spoken
+            .iter()
+            .any(|t| t.contains("Connecting you to extension 1001")),
+        "{spoken:?}"
+    );
+    assert_eq!(h.conv.state(), State::Transferring);
+    // While the person's phone rings the agent neither listens nor reprompts.
+    let before = h.log.len();
+    h.speak(ms(1500));
+    h.silence(ms(15_000));
+    assert_eq!(h.count(is_transcribe), 1, "{}", h.summary());
+    assert!(
+        h.actions_since(before).is_empty(),
+        "{:?}",
+        h.actions_since(before)
+    );
+    // What the caller heard is remembered, so the next call knows about the hand-off.
+    assert!(
+        h.agent_memory()
+            .iter()
+            .any(|t| t.contains("Connecting you")),
+        "{:?}",
+        h.agent_memory()
+    );
+}
+
+#[test]
+fn a_transfer_nobody_answers_brings_the_caller_back_to_the_agent() {
+    let s = Stages::new();
+    let mut h = harness(with_handoff(), &s);
+    h.until_listening();
+    h.conv.handle_dtmf(h.now, '0');
+    h.drain();
+    for _ in 0..200 {
+        if !h.transfers.is_empty() {
+            break;
+        }
+        h.frame(false);
+    }
+    assert_eq!(h.transfers, vec!["1001".to_string()]);
+    h.conv.handle_transfer_failed(h.now, "1001", 408);
+    h.drain();
+    h.until_listening();
+    let spoken = s.tts.spoken.lock().unwrap().clone();
+    assert!(
+        spoken
+            .iter()
+            .any(|t| t.contains("extension 1001 did not answer") && t.contains("still here")),
+        "{spoken:?}"
+    );
+    // And it answers the caller again.
+    s.stt.say("What time is it?");
+    h.speak(ms(1000));
+    h.silence(ms(700));
+    h.until_listening();
+    assert_eq!(h.count(is_transcribe), 1);
+}
+
+#[test]
+fn without_a_handoff_configured_asking_for_a_person_is_just_a_turn() {
+    let s = Stages::new();
+    let mut h = harness(late_stt(), &s);
+    h.until_listening();
+    s.stt.say("Connect me to a person.");
+    h.speak(ms(1000));
+    h.silence(ms(700));
+    h.until_listening();
+    assert!(h.transfers.is_empty());
 }

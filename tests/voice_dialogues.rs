@@ -75,6 +75,7 @@ fn describe(action: &Action) -> String {
         Action::Cancel { turn } => format!("Cancel turn={}", turn.0),
         Action::Remember(t) => format!("Remember {} {:?}", t.role.as_str(), t.text),
         Action::HangUp { reason } => format!("HangUp {reason:?}"),
+        Action::Transfer { target } => format!("Transfer {target}"),
     }
 }
 

@@ -77,6 +77,8 @@ pub enum MediaCommand {
     /// Drop everything queued, now.
     Flush,
     HangUp(HangUpReason),
+    /// Connect the caller to this extension (the agent has said so).
+    Transfer(String),
 }
 
 /// The loaded stages, shared by every call.
@@ -212,6 +214,7 @@ impl Stages {
                 None
             }
             Action::HangUp { reason } => Some(MediaCommand::HangUp(reason)),
+            Action::Transfer { target } => Some(MediaCommand::Transfer(target)),
         }
     }
 }

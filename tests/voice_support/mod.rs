@@ -239,6 +239,8 @@ pub struct Harness<'a> {
     pub caller: String,
     /// Every turn the conversation asked memory to store, in order.
     pub remembered: Vec<TurnRecord>,
+    /// Targets of the transfers the conversation asked for.
+    pub transfers: Vec<String>,
 }
 
 pub fn call_info(origin: Instant, caller: &str, call_id: &str) -> CallInfo {
@@ -282,6 +284,7 @@ impl<'a> Harness<'a> {
             hung_up: false,
             caller: caller.to_string(),
             remembered: Vec::new(),
+            transfers: Vec::new(),
         };
         h.drain();
         h
@@ -353,6 +356,7 @@ impl<'a> Harness<'a> {
                 self.remembered.push(turn);
             }
             Action::HangUp { .. } => self.hung_up = true,
+            Action::Transfer { target } => self.transfers.push(target),
         }
     }
 

@@ -64,6 +64,17 @@ pub struct Config {
     pub tts_lookahead: usize,
     /// Messages of this call passed to the language model.
     pub history_limit: usize,
+    /// Handing the caller to a person: `None` when the agent cannot transfer.
+    pub handoff: Option<HandoffConfig>,
+}
+
+/// Whom the agent may connect a caller to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffConfig {
+    /// "Connect me to a person" (or the key 0) goes here.
+    pub default_target: Option<String>,
+    /// Extensions a caller may ask for by number.
+    pub allowed: Vec<String>,
 }
 
 impl Default for Config {
@@ -90,6 +101,7 @@ impl Default for Config {
             tts_breaker: BreakerConfig::default(),
             tts_lookahead: 2,
             history_limit: 20,
+            handoff: None,
         }
     }
 }
@@ -112,6 +124,9 @@ pub enum State {
     Thinking,
     /// Agent audio has been handed to playback.
     Speaking,
+    /// The caller is being connected to a person ([`Action::Transfer`]); the agent is
+    /// silent and ignores audio until [`Conversation::handle_transfer_failed`].
+    Transferring,
     /// The call is over; inputs are ignored.
     Ended,
 }
@@ -213,6 +228,10 @@ pub enum Action {
     Cancel { turn: TurnId },
     /// Store a turn in memory (and the call transcript).
     Remember(TurnRecord),
+    /// Connect the caller to `target` (an extension); the agent has said so. Report
+    /// failure with [`Conversation::handle_transfer_failed`]; on success the call is
+    /// the person's, and the conversation is over ([`Conversation::handle_hangup`]).
+    Transfer { target: String },
     /// End the call (send BYE). Nothing follows.
     HangUp { reason: HangUpReason },
 }
@@ -353,6 +372,8 @@ struct Reply {
     text_done: bool,
     clips: Vec<Clip>,
     hang_up: Option<HangUpReason>,
+    /// Once this reply has played, connect the caller here.
+    transfer: Option<String>,
     interruptible: bool,
     /// Played instead of failed speech (and everything after it) in this reply.
     tts_fallback: Prompt,
@@ -549,7 +570,7 @@ impl Conversation {
 
     /// One frame (normally 20 ms) of 16 kHz caller audio and the detector's verdict on it.
     pub fn handle_audio(&mut self, now: Instant, frame: &[f32], is_speech: bool) {
-        if self.state == State::Ended {
+        if matches!(self.state, State::Ended | State::Transferring) {
             return;
         }
         self.last_frame = Some(now);
@@ -851,6 +872,25 @@ impl Conversation {
     fn answer(&mut self, now: Instant, turn: TurnId, timings: TurnTimings, text: String) {
         let mut reply = self.new_reply(turn, timings);
         reply.caller_text = Some(text.clone());
+        let target = self
+            .cfg
+            .handoff
+            .as_ref()
+            .and_then(|h| text::handoff_target(&text, h.default_target.as_deref(), &h.allowed));
+        if let Some(target) = target {
+            // Said, then done: the transfer starts once the caller has heard it.
+            reply.transfer = Some(target.clone());
+            reply.interruptible = false;
+            reply.timings.first_text.get_or_insert(now);
+            self.push_tts_clip(
+                &mut reply,
+                format!("Connecting you to extension {target}. One moment, please."),
+            );
+            reply.text_done = true;
+            self.reply = Some(reply);
+            self.pump(now);
+            return;
+        }
         if text::is_goodbye(&text) {
             reply.hang_up = Some(HangUpReason::Goodbye);
         }
@@ -1042,7 +1082,7 @@ impl Conversation {
 
     /// A DTMF digit (RFC 4733 event or SIP INFO) from the caller.
     pub fn handle_dtmf(&mut self, now: Instant, digit: char) {
-        if self.state == State::Ended {
+        if matches!(self.state, State::Ended | State::Transferring) {
             return;
         }
         self.events.push_back(Event::Dtmf(digit));
@@ -1079,9 +1119,41 @@ impl Conversation {
         self.set_state(State::Ended);
     }
 
+    /// The transfer asked for with [`Action::Transfer`] did not connect (`status`: the
+    /// SIP status the target's phones gave, 408 for no answer): the agent says so and
+    /// listens again.
+    pub fn handle_transfer_failed(&mut self, now: Instant, target: &str, status: u16) {
+        if self.state != State::Transferring {
+            return;
+        }
+        let why = match status {
+            486 | 600 => "is busy",
+            480 | 404 => "is not available right now",
+            _ => "did not answer",
+        };
+        let turn = self.new_turn();
+        let mut reply = self.new_reply(turn, TurnTimings::new(turn));
+        self.push_tts_clip(
+            &mut reply,
+            format!("Sorry, extension {target} {why}. I'm still here. How else can I help?"),
+        );
+        reply.text_done = true;
+        self.last_activity = now;
+        self.set_state(State::Listening);
+        self.reply = Some(reply);
+        self.pump(now);
+    }
+
     /// Timers: end of turn when audio stopped, stage timeouts, silence, call length.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state == State::Ended {
+            return;
+        }
+        if self.state == State::Transferring {
+            // The person's phone rings; no reprompts. The call limit still holds.
+            if now >= self.call.started + self.cfg.max_call {
+                self.hang_up(HangUpReason::MaxCallDuration);
+            }
             return;
         }
         if self.hang_up_deadline.is_some_and(|d| now >= d) {
@@ -1206,6 +1278,7 @@ impl Conversation {
             text_done: false,
             clips: Vec::new(),
             hang_up: None,
+            transfer: None,
             interruptible: true,
             tts_fallback: Prompt::TtsApology,
             fell_back: false,
@@ -1339,8 +1412,14 @@ impl Conversation {
         let all_played = reply.clips.iter().all(|c| c.status == ClipStatus::Played);
         if reply.text_done && all_played {
             let hang_up = reply.hang_up;
+            let transfer = reply.transfer.clone();
             self.finish_reply(now, reply, true);
             self.last_activity = now;
+            if let Some(target) = transfer {
+                self.push_action(Action::Transfer { target });
+                self.set_state(State::Transferring);
+                return;
+            }
             match hang_up {
                 Some(reason) => self.hang_up(reason),
                 None => self.set_state(if self.pending.is_some() {

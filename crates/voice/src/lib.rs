@@ -18,8 +18,8 @@ pub mod text;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use conversation::{
-    Action, CallInfo, ClipId, Config, Conversation, Event, HangUpReason, PlaybackProgress, Prompt,
-    ReplyChunk, Stage, State, TurnId, TurnTimings, SAMPLE_RATE,
+    Action, CallInfo, ClipId, Config, Conversation, Event, HandoffConfig, HangUpReason,
+    PlaybackProgress, Prompt, ReplyChunk, Stage, State, TurnId, TurnTimings, SAMPLE_RATE,
 };
 pub use splitter::SentenceSplitter;
 pub use stage::{

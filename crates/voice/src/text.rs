@@ -20,6 +20,71 @@ fn has_phrase(words: &[String], phrase: &str) -> bool {
         .any(|w| w.iter().zip(&p).all(|(a, b)| a == b))
 }
 
+/// Whom the caller asks to be put through to: an extension of `allowed` said as digits
+/// ("transfer me to 1001", "connect me to one zero zero one"), or `default` for "a
+/// person", "a human", "the operator", "someone", or the key 0 (`[DTMF 0]`). `None`
+/// when the words are not a request to be connected.
+pub fn handoff_target(text: &str, default: Option<&str>, allowed: &[String]) -> Option<String> {
+    if text.trim() == "[DTMF 0]" {
+        return default.map(str::to_owned);
+    }
+    let w = words(text);
+    let asks = [
+        "transfer",
+        "connect",
+        "put me through",
+        "speak to",
+        "talk to",
+        "speak with",
+        "talk with",
+    ]
+    .iter()
+    .any(|p| has_phrase(&w, p));
+    if !asks {
+        return None;
+    }
+    // Digits, whether Whisper wrote them as numbers or as words.
+    let mut digits = String::new();
+    for word in &w {
+        let d = match word.as_str() {
+            "zero" | "oh" | "o" => "0",
+            "one" => "1",
+            "two" | "to" if !digits.is_empty() => "2",
+            "three" => "3",
+            "four" | "for" if !digits.is_empty() => "4",
+            "five" => "5",
+            "six" => "6",
+            "seven" => "7",
+            "eight" => "8",
+            "nine" => "9",
+            other if other.chars().all(|c| c.is_ascii_digit()) => other,
+            _ => {
+                if allowed.contains(&digits) {
+                    break;
+                }
+                digits.clear();
+                continue;
+            }
+        };
+        digits.push_str(d);
+    }
+    if allowed.contains(&digits) {
+        return Some(digits);
+    }
+    let person = [
+        "person",
+        "human",
+        "operator",
+        "someone",
+        "somebody",
+        "receptionist",
+        "real person",
+    ]
+    .iter()
+    .any(|p| has_phrase(&w, p));
+    person.then(|| default.map(str::to_owned)).flatten()
+}
+
 /// The caller wants to end the call.
 pub fn is_goodbye(text: &str) -> bool {
     let w = words(text);
@@ -342,6 +407,36 @@ mod tests {
         assert_eq!(
             second_person("Can you call me back?"),
             "can I call you back"
+        );
+    }
+
+    #[test]
+    fn handoff_requests_name_their_target() {
+        let allowed = vec!["1001".to_string(), "1002".to_string()];
+        let target = |t: &str| handoff_target(t, Some("1001"), &allowed);
+        assert_eq!(
+            target("Connect me to a person, please."),
+            Some("1001".into())
+        );
+        assert_eq!(target("Can I talk to a human?"), Some("1001".into()));
+        assert_eq!(target("Transfer me to 1002."), Some("1002".into()));
+        assert_eq!(
+            target("transfer me to one zero zero two"),
+            Some("1002".into())
+        );
+        assert_eq!(target("[DTMF 0]"), Some("1001".into()));
+        // An extension that is not allowed is not dialled; a person still is.
+        assert_eq!(target("Transfer me to 9196."), None);
+        assert_eq!(
+            target("Transfer me to 9196, or a person."),
+            Some("1001".into())
+        );
+        // Talk about people is not a request.
+        assert_eq!(target("I met a person in Paris."), None);
+        assert_eq!(target("My brother is a nice person."), None);
+        assert_eq!(
+            handoff_target("Connect me to a person", None, &allowed),
+            None
         );
     }
 }
