@@ -57,12 +57,14 @@ fn error(
     }
 }
 
-/// A SIP transport the switch listens on. TLS will join these.
+/// A SIP transport the switch listens on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS on `sip.tls_port` (RFC 3261 26.2, sips:).
+    Tls,
 }
 
 impl fmt::Display for Transport {
@@ -70,6 +72,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         })
     }
 }
@@ -205,6 +208,12 @@ pub struct SipSettings {
     pub max_tcp_connections_per_source: u32,
     /// A SIP TCP connection that carries nothing for this long is closed.
     pub tcp_idle_secs: u32,
+    /// Where SIP over TLS listens when `transports` has "tls".
+    pub tls_port: u16,
+    /// The server certificate chain and private key (PEM). `None`: a self-signed pair
+    /// generated into `<data_dir>/tls/` on first start.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +453,16 @@ struct SipFile {
     max_tcp_connections_per_source: u32,
     #[serde(default = "default_tcp_idle_secs")]
     tcp_idle_secs: u32,
+    #[serde(default = "default_tls_port")]
+    tls_port: u16,
+    #[serde(default)]
+    tls_certificate: String,
+    #[serde(default)]
+    tls_private_key: String,
+}
+
+fn default_tls_port() -> u16 {
+    5061
 }
 
 fn default_listen() -> IpAddr {
@@ -792,7 +811,7 @@ fn validate(
             origin,
             "sip.transports",
             "no transport is enabled",
-            "list at least one of \"udp\", \"tcp\"",
+            "list at least one of \"udp\", \"tcp\", \"tls\"",
         ));
     }
     let external_addr = env
@@ -864,6 +883,51 @@ fn validate(
         86_400,
         "seconds, longer than the phones' keep-alive interval; default 300",
     )?;
+    let mut tls_port = file.sip.tls_port;
+    if let Some(text) = env.var("SOFIA_SIP_TLS_PORT") {
+        tls_port = text.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            error(
+                "environment",
+                "SOFIA_SIP_TLS_PORT",
+                format!("`{text}` is not a port number"),
+                "set it to a port between 1 and 65535, e.g. SOFIA_SIP_TLS_PORT=5061",
+            )
+        })?;
+    } else if tls_port == 0 {
+        return Err(error(
+            origin,
+            "sip.tls_port",
+            "port 0 is not a listening port",
+            "use 5061, the standard SIP over TLS port",
+        ));
+    }
+    if transports.contains(&Transport::Tls) && tls_port == port {
+        return Err(error(
+            origin,
+            "sip.tls_port",
+            format!("TLS cannot share port {port} with TCP"),
+            "use another port for TLS, e.g. 5061",
+        ));
+    }
+    let tls_path = |value: &str| {
+        let value = value.trim();
+        (!value.is_empty()).then(|| PathBuf::from(value))
+    };
+    let tls_certificate = tls_path(&file.sip.tls_certificate);
+    let tls_private_key = tls_path(&file.sip.tls_private_key);
+    if tls_certificate.is_some() != tls_private_key.is_some() {
+        let missing = if tls_certificate.is_none() {
+            "sip.tls_certificate"
+        } else {
+            "sip.tls_private_key"
+        };
+        return Err(error(
+            origin,
+            missing,
+            "a TLS certificate needs its private key and the other way round",
+            "set both sip.tls_certificate and sip.tls_private_key, or neither (a self-signed pair is generated)",
+        ));
+    }
 
     // Registration.
     let reg = file.registration;
@@ -1085,6 +1149,9 @@ fn validate(
             max_tcp_connections,
             max_tcp_connections_per_source,
             tcp_idle_secs,
+            tls_port,
+            tls_certificate,
+            tls_private_key,
         },
         registration: RegistrationSettings {
             min_expires: reg.min_expires,
@@ -1594,7 +1661,7 @@ mod tests {
         let p = builtin(&[]).unwrap();
         assert_eq!(p.agent.max_calls, 0);
         assert_eq!(p.agent.max_calls(), 2 * cores);
-        let agent_key = "max_calls = 0\n\n# What the agent remembers";
+        let agent_key = "max_calls = 0\n# \"Connect me to a person\"";
         let text = BUILTIN_PROFILE.replacen(agent_key, &agent_key.replace("= 0", "= 3"), 1);
         let p = parse("ok.toml", &text, &env(&[]), &CliOverrides::default()).unwrap();
         assert_eq!(p.agent.max_calls(), 3);
@@ -1602,6 +1669,33 @@ mod tests {
         let e = broken(agent_key, &agent_key.replace("= 0", "= 100001"));
         assert_eq!(e.key, "agent.max_calls");
         assert!(e.fix.contains("0 to 100000"), "{e}");
+    }
+
+    #[test]
+    fn ring_time_tls_and_handoff_keys_default_and_name_themselves_when_wrong() {
+        let p = builtin(&[]).unwrap();
+        assert_eq!(p.calls.ring_secs, 30);
+        assert_eq!(p.sip.tls_port, 5061);
+        assert_eq!(p.sip.tls_certificate, None);
+        assert_eq!(p.agent.handoff_extension.as_deref(), Some("1001"));
+        assert!(p.agent.handoff_allowed.is_empty());
+        assert_eq!(p.route("1001"), Some(Application::User));
+        assert_eq!(p.route("4321"), None);
+        let e = broken("ring_secs = 30", "ring_secs = 1");
+        assert_eq!(e.key, "calls.ring_secs");
+        let e = broken("tls_certificate = \"\"", "tls_certificate = \"/etc/cert.pem\"");
+        assert_eq!(e.key, "sip.tls_private_key");
+        let e = broken(
+            "transports = [\"udp\", \"tcp\"]\n# SIP over TLS (sips:) listens here when transports has \"tls\" ($SOFIA_SIP_TLS_PORT).\ntls_port = 5061",
+            "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5060",
+        );
+        assert_eq!(e.key, "sip.tls_port");
+        let e = broken("handoff_extension = \"1001\"", "handoff_extension = \"10 01\"");
+        assert_eq!(e.key, "agent.handoff_extension");
+        let e = broken("handoff_allowed = []", "handoff_allowed = [\"1001\", \"\"]");
+        assert_eq!(e.key, "agent.handoff_allowed[1]");
+        let e = builtin(&[("SOFIA_SIP_TLS_PORT", "x")]).unwrap_err();
+        assert_eq!(e.key, "SOFIA_SIP_TLS_PORT");
     }
 
     #[test]

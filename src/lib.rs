@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod models;
 pub mod serve;
 pub mod sip;
+pub mod tls;
 pub mod voice;

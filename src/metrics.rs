@@ -141,6 +141,8 @@ pub struct Metrics {
     pub bridge_legs: Counter,
     /// Callers the agent handed to a person, by outcome: `connected`, `failed`.
     pub agent_transfers: Family<OutcomeLabel, Counter>,
+    /// TLS handshakes on the SIP TLS port, by outcome: `ok`, `failed`, `timeout`.
+    pub tls_handshakes: Family<OutcomeLabel, Counter>,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
     /// Calls in progress over every application (what `calls_active` sums to).
@@ -286,6 +288,12 @@ impl Metrics {
             "Callers the agent handed to a person, by outcome (connected, failed)",
             agent_transfers.clone(),
         );
+        let tls_handshakes = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on the SIP TLS port, by outcome (ok, failed, timeout)",
+            tls_handshakes.clone(),
+        );
         let agent_state = Arc::new(AtomicI64::new(0));
         Self {
             registry,
@@ -312,6 +320,7 @@ impl Metrics {
             stateless_overload_responses,
             bridge_legs,
             agent_transfers,
+            tls_handshakes,
             agent_state,
             calls_active_total: AtomicI64::new(0),
             draining: AtomicBool::new(false),
@@ -328,6 +337,15 @@ impl Metrics {
         StageLabel {
             stage: stage_name(stage).to_string(),
         }
+    }
+
+    /// Counts a TLS handshake's outcome.
+    pub fn tls_handshake(&self, outcome: &str) {
+        self.tls_handshakes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a hand-off from the agent to a person.

@@ -55,6 +55,10 @@ fn init_logging(format: LogFormat) {
 pub struct Listeners {
     pub udp: Option<UdpSocket>,
     pub tcp: Option<TcpListener>,
+    pub tls: Option<(
+        TcpListener,
+        std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    )>,
 }
 
 /// Binds SIP on every configured transport. A port in use or a missing privilege is a
@@ -64,6 +68,7 @@ pub async fn bind(profile: &Profile) -> anyhow::Result<Listeners> {
     let mut listeners = Listeners {
         udp: None,
         tcp: None,
+        tls: None,
     };
     for transport in &profile.sip.transports {
         match transport {
@@ -81,6 +86,15 @@ pub async fn bind(profile: &Profile) -> anyhow::Result<Listeners> {
                     .with_context(|| format!("binding SIP tcp {addr}"))?;
                 info!("listening for SIP on tcp {}", listener.local_addr()?);
                 listeners.tcp = Some(listener);
+            }
+            Transport::Tls => {
+                let config = crate::tls::server_config(profile, &advertised_host(profile))?;
+                let tls_addr = SocketAddr::new(profile.sip.listen, profile.sip.tls_port);
+                let listener = TcpListener::bind(tls_addr)
+                    .await
+                    .with_context(|| format!("binding SIP tls {tls_addr} (sip.tls_port)"))?;
+                info!("listening for SIP on tls {}", listener.local_addr()?);
+                listeners.tls = Some((listener, config));
             }
         }
     }
@@ -185,6 +199,7 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
         endpoint,
         listeners.udp,
         listeners.tcp,
+        listeners.tls,
         sip::TcpLimits {
             max_connections: profile.sip.max_tcp_connections as usize,
             max_per_source: profile.sip.max_tcp_connections_per_source as usize,
@@ -272,6 +287,7 @@ pub fn sip_config(profile: &Profile, credentials: &[credentials::Credential]) ->
     }
     config.udp_port = profile.sip.port;
     config.tcp_port = profile.sip.port;
+    config.tls_port = profile.sip.tls_port;
     config.auth_register = profile.auth.register;
     config.auth_invite = profile.auth.invite;
     config.registrar = sofia_sip::RegistrarLimits {

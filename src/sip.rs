@@ -25,7 +25,7 @@ use sofia_sip::{
     Transport, PONG,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -80,13 +80,16 @@ pub struct ForkRequest {
 /// Input of the endpoint task.
 #[derive(Debug)]
 pub enum Input {
-    /// A message framed from a TCP connection (UDP is read by the endpoint task itself).
-    TcpMessage {
+    /// A message framed from a TCP or TLS connection (UDP is read by the endpoint task
+    /// itself).
+    StreamMessage {
         source: SocketAddr,
+        transport: Transport,
         bytes: Vec<u8>,
     },
     FramingError {
         source: SocketAddr,
+        transport: Transport,
         error: sofia_sip::FramingError,
     },
     ConnectionOpened {
@@ -166,10 +169,12 @@ pub struct Keepalive {
 
 /// Starts the endpoint task and the socket tasks. Call notices arrive on the returned
 /// receiver.
+#[allow(clippy::too_many_arguments)] // reason: each socket and its limits, one for one
 pub fn start(
     endpoint: Endpoint,
     udp: Option<UdpSocket>,
     tcp: Option<TcpListener>,
+    tls: Option<(TcpListener, Arc<tokio_rustls::rustls::ServerConfig>)>,
     tcp_limits: TcpLimits,
     registrations_file: PathBuf,
     keepalive: Option<Keepalive>,
@@ -183,12 +188,27 @@ pub fn start(
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (notice_tx, notice_rx) = mpsc::unbounded_channel();
     let udp = udp.map(Arc::new);
+    // TCP and TLS share the connection limits: both are streams a stranger can open.
+    let count = Arc::new(ConnectionCount::default());
     if let Some(listener) = tcp {
-        tokio::spawn(tcp_acceptor(
+        tokio::spawn(stream_acceptor(
             listener,
+            None,
             tx.clone(),
             endpoint.config().max_message_size,
             tcp_limits,
+            Arc::clone(&count),
+            Arc::clone(&metrics),
+        ));
+    }
+    if let Some((listener, config)) = tls {
+        tokio::spawn(stream_acceptor(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+            tx.clone(),
+            endpoint.config().max_message_size,
+            tcp_limits,
+            count,
             Arc::clone(&metrics),
         ));
     }
@@ -368,13 +388,18 @@ impl EndpointTask {
             };
             let now = Instant::now();
             match input {
-                Input::TcpMessage { source, bytes } => {
+                Input::StreamMessage {
+                    source,
+                    transport,
+                    bytes,
+                } => self.endpoint.handle_message(now, source, transport, &bytes),
+                Input::FramingError {
+                    source,
+                    transport,
+                    error,
+                } => {
                     self.endpoint
-                        .handle_datagram(now, source, Transport::Tcp, &bytes)
-                }
-                Input::FramingError { source, error } => {
-                    self.endpoint
-                        .handle_framing_error(now, source, Transport::Tcp, &error);
+                        .handle_framing_error(now, source, transport, &error);
                 }
                 Input::ConnectionOpened { peer, writer } => {
                     self.connections.insert(peer, writer);
@@ -700,50 +725,100 @@ impl Drop for ConnectionSlot {
     }
 }
 
-async fn tcp_acceptor(
+/// Longest a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections, or TLS ones when `tls` is given (the handshake runs in the
+/// connection's own task, so a slow one holds up nobody).
+async fn stream_acceptor(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     tx: mpsc::Sender<Input>,
     max_message_size: usize,
     limits: TcpLimits,
+    count: Arc<ConnectionCount>,
     metrics: Arc<Metrics>,
 ) {
-    let count = Arc::new(ConnectionCount::default());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let Some(slot) = count.admit(peer.ip(), &limits, &metrics) else {
                     // Closed at once: past the limit a connection costs nothing more.
                     metrics.tcp_connections_refused.inc();
-                    debug!("tcp connection from {peer} refused: connection limit");
+                    debug!("connection from {peer} refused: connection limit");
                     drop(stream);
                     continue;
                 };
-                tokio::spawn(tcp_connection(
-                    stream,
-                    peer,
-                    tx.clone(),
-                    max_message_size,
-                    limits.idle,
-                    slot,
-                ));
+                let tx = tx.clone();
+                let idle = limits.idle;
+                match &tls {
+                    None => {
+                        tokio::spawn(stream_connection(
+                            stream,
+                            peer,
+                            Transport::Tcp,
+                            tx,
+                            max_message_size,
+                            idle,
+                            slot,
+                        ));
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let metrics = Arc::clone(&metrics);
+                        tokio::spawn(async move {
+                            let handshake =
+                                tokio::time::timeout(TLS_HANDSHAKE_LIMIT, acceptor.accept(stream))
+                                    .await;
+                            match handshake {
+                                Ok(Ok(stream)) => {
+                                    metrics.tls_handshake("ok");
+                                    stream_connection(
+                                        stream,
+                                        peer,
+                                        Transport::Tls,
+                                        tx,
+                                        max_message_size,
+                                        idle,
+                                        slot,
+                                    )
+                                    .await;
+                                }
+                                Ok(Err(e)) => {
+                                    metrics.tls_handshake("failed");
+                                    debug!("TLS handshake with {peer} failed: {e}");
+                                }
+                                Err(_) => {
+                                    metrics.tls_handshake("timeout");
+                                    debug!("TLS handshake with {peer} timed out");
+                                }
+                            }
+                        });
+                    }
+                }
             }
             Err(e) => {
-                warn!("tcp accept: {e}");
+                warn!("accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-async fn tcp_connection(
-    stream: TcpStream,
+/// One TCP or TLS connection: frames messages off it for the endpoint task and writes
+/// what the endpoint sends to this peer.
+async fn stream_connection<S>(
+    stream: S,
     peer: SocketAddr,
+    transport: Transport,
     tx: mpsc::Sender<Input>,
     max_message_size: usize,
     idle: Duration,
     _slot: ConnectionSlot,
-) {
-    let (mut reader, mut writer) = stream.into_split();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
     if tx
         .send(Input::ConnectionOpened {
@@ -786,8 +861,9 @@ async fn tcp_connection(
         loop {
             match framer.pop() {
                 Ok(Some(Frame::Message(bytes))) => {
-                    let input = Input::TcpMessage {
+                    let input = Input::StreamMessage {
                         source: peer,
+                        transport,
                         bytes,
                     };
                     if tx.send(input).await.is_err() {
@@ -803,6 +879,7 @@ async fn tcp_connection(
                     let _ = tx
                         .send(Input::FramingError {
                             source: peer,
+                            transport,
                             error,
                         })
                         .await;
@@ -853,6 +930,7 @@ mod tests {
         let (_handle, notices, _task) = start(
             endpoint,
             Some(udp),
+            None,
             None,
             TcpLimits::default(),
             data.path().join("registrations.json"),
@@ -921,6 +999,7 @@ mod tests {
         let (handle, _notices, task) = start(
             endpoint,
             Some(udp),
+            None,
             None,
             TcpLimits::default(),
             file,

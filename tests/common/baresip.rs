@@ -83,6 +83,24 @@ impl Baresip {
         }
     }
 
+    /// The same phone over SIP over TLS to `tls_port`, trusting the certificate in
+    /// `cafile` (the switch's self-signed one, as a user would install it).
+    pub fn over_tls(mut self, tls_port: u16, cafile: &Path) -> Self {
+        let accounts = self.dir.path().join("accounts");
+        let text = std::fs::read_to_string(&accounts).unwrap().replace(
+            &format!("127.0.0.1:{};transport=udp>", self.sip_port),
+            &format!("127.0.0.1:{tls_port};transport=tls>"),
+        );
+        std::fs::write(&accounts, text).unwrap();
+        let config = self.dir.path().join("config");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!("sip_cafile {}\n", cafile.display()));
+        std::fs::write(&config, text).unwrap();
+        // baresip dials over its account's transport.
+        self.sip_port = tls_port;
+        self
+    }
+
     /// baresip dialling `extension`, giving up after `seconds`.
     pub fn dial(&self, extension: &str, seconds: u32) -> Command {
         let mut cmd = Command::new("baresip");

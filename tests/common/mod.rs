@@ -27,6 +27,7 @@ pub fn sofia() -> Command {
         "SOFIA_DATA_DIR",
         "SOFIA_USERS",
         "SOFIA_LOG_FORMAT",
+        "SOFIA_SIP_TLS_PORT",
     ] {
         cmd.env_remove(var);
     }
@@ -237,5 +238,43 @@ pub fn tone_share(samples: &[f32], rate: u32, freq: f32) -> f32 {
         0.0
     } else {
         power / total
+    }
+}
+
+/// As [`sipp_from`], but started in the background (a phone that waits for calls):
+/// its output is captured; collect it with `wait_with_output`. SIPp gives up after
+/// 30 s by itself.
+pub fn sipp_spawn(local_port: u16, scenario: &str, server_port: u16, extra: &[&str]) -> Child {
+    let local_port = local_port.to_string();
+    let media_port = free_port().to_string();
+    Command::new("sipp")
+        .arg(format!("127.0.0.1:{server_port}"))
+        .args(["-sf", &format!("fixtures/sipp/{scenario}")])
+        .args(["-i", "127.0.0.1", "-p", &local_port, "-mp", &media_port])
+        .args(["-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp runs (Debian package sip-tester; scripts/setup.sh test installs it)")
+}
+
+/// Waits until the switch's saved registrations (`<data_dir>/registrations.json`,
+/// written within about half a second of a change) contain `needle`, e.g. a binding's
+/// source `127.0.0.1:PORT`; fails after 15 s.
+pub fn wait_saved_registration(data_dir: &Path, needle: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    let file = data_dir.join("registrations.json");
+    loop {
+        let saved = std::fs::read_to_string(&file).unwrap_or_default();
+        if saved.contains(needle) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no registration with {needle:?} saved: {saved}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -58,6 +58,8 @@ pub struct Config {
     pub advertised_host: String,
     pub udp_port: u16,
     pub tcp_port: u16,
+    /// Where SIP over TLS listens (sips:), for our Via and Contact on TLS flows.
+    pub tls_port: u16,
     /// Challenge REGISTER (RFC 3261 10.3 step 3).
     pub auth_register: bool,
     /// Challenge out-of-dialog INVITE.
@@ -98,6 +100,7 @@ impl Config {
             advertised_host: advertised_host.into(),
             udp_port: 5060,
             tcp_port: 5060,
+            tls_port: 5061,
             auth_register: true,
             auth_invite: true,
             registrar: RegistrarLimits::default(),
@@ -1549,7 +1552,10 @@ impl Endpoint {
         match transport {
             Transport::Udp => format!("<sip:{host}:{}>", self.config.udp_port),
             Transport::Tcp => format!("<sip:{host}:{};transport=tcp>", self.config.tcp_port),
-            Transport::Tls => format!("<sips:{host}:{};transport=tls>", self.config.tcp_port),
+            // sip: with transport=tls rather than sips: (RFC 5630 6.3): sips: promises
+            // TLS on every hop to the end, which the switch cannot promise for the
+            // other leg, and phones (baresip) fail the dialog on a sips: Contact.
+            Transport::Tls => format!("<sip:{host}:{};transport=tls>", self.config.tls_port),
         }
     }
 
@@ -1557,7 +1563,8 @@ impl Endpoint {
         let host = crate::uri::Host::from_name(&self.config.advertised_host);
         let port = match transport {
             Transport::Udp => self.config.udp_port,
-            _ => self.config.tcp_port,
+            Transport::Tcp => self.config.tcp_port,
+            Transport::Tls => self.config.tls_port,
         };
         format!(
             "SIP/2.0/{} {host}:{port};branch={branch};rport",
