@@ -55,6 +55,7 @@ pub(crate) struct Bridge {
     pub(crate) ring: Duration,
     pub(crate) max_duration: Duration,
     pub(crate) rtp_timeout: Duration,
+    pub(crate) srtp_policy: sofia_media::SrtpPolicy,
 }
 
 /// What ringing came to.
@@ -68,7 +69,8 @@ enum Rang {
 
 impl Bridge {
     pub(crate) async fn run(mut self, mut events: CallEvents) {
-        let config_b = MediaConfig::new(self.codecs.clone(), self.media_ip, self.ports_b.pair.rtp);
+        let config_b = MediaConfig::new(self.codecs.clone(), self.media_ip, self.ports_b.pair.rtp)
+            .with_srtp(self.srtp_policy, media::srtp_key());
         let mut sdp_b = SdpSession::new(config_b, rand::random::<u32>().into());
         let template = OutgoingInvite {
             destination: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -229,11 +231,15 @@ impl Bridge {
             params_b.clone(),
             relay_session_config(self.rtp_timeout, self.params_a.clock_rate, leg),
         );
-        let (mut a, b) = match (a, b) {
-            (Ok(a), Ok(b)) => (a, b),
-            (a, b) => {
+        let srtp = (
+            media::Srtp::for_params(&self.params_a),
+            media::Srtp::for_params(&params_b),
+        );
+        let (mut a, b, mut srtp_a, srtp_b) = match (a, b, srtp) {
+            (Ok(a), Ok(b), (Ok(sa), Ok(sb))) => (a, b, sa, sb),
+            (a, b, _) => {
                 warn!(
-                    "call to {}: cannot start media ({:?} / {:?})",
+                    "call to {}: cannot start media or SRTP ({:?} / {:?})",
                     self.extension,
                     a.err(),
                     b.err()
@@ -259,12 +265,14 @@ impl Bridge {
                 session: &mut a,
                 ports: &self.ports_a,
                 sdp: &mut self.sdp_a,
+                srtp: &mut srtp_a,
             },
             BLeg {
                 call: leg,
                 session: b,
                 ports: &self.ports_b,
                 sdp: sdp_b,
+                srtp: srtp_b,
             },
             events,
         )
@@ -306,6 +314,7 @@ pub(crate) struct Leg<'a> {
     pub session: &'a mut MediaSession,
     pub ports: &'a CallPorts,
     pub sdp: &'a mut SdpSession,
+    pub srtp: &'a mut Option<media::Srtp>,
 }
 
 /// The callee's leg: its session starts with the relay.
@@ -314,6 +323,7 @@ pub(crate) struct BLeg<'a> {
     pub session: MediaSession,
     pub ports: &'a CallPorts,
     pub sdp: &'a mut SdpSession,
+    pub srtp: Option<media::Srtp>,
 }
 
 /// Relays audio (and DTMF) between the two legs until one ends; re-INVITEs on either
@@ -333,8 +343,13 @@ pub(crate) async fn relay(
         rtp_timeout,
     } = ends;
     let (call, leg) = (a.call, b.call);
-    let (sa, pa, sdp_a) = (a.session, a.ports, a.sdp);
-    let (mut sb, pb, sdp_b) = (b.session, b.ports, b.sdp);
+    let (sa, pa, sdp_a, srtp_a) = (a.session, a.ports, a.sdp, a.srtp);
+    let (mut sb, pb, sdp_b, mut srtp_b) = (b.session, b.ports, b.sdp, b.srtp);
+    let refused = |ok: bool| {
+        if !ok {
+            metrics.srtp_auth_failures.inc();
+        }
+    };
     let (mut buf_a, mut buf_b) = (vec![0u8; 2048], vec![0u8; 2048]);
     let (mut rtcp_a, mut rtcp_b) = (vec![0u8; 2048], vec![0u8; 2048]);
     let before = sa.stats();
@@ -342,16 +357,16 @@ pub(crate) async fn relay(
         let wake = tokio::time::Instant::from_std(sa.poll_timeout().min(sb.poll_timeout()));
         tokio::select! {
             r = pa.rtp.recv_from(&mut buf_a) => if let Ok((n, from)) = r {
-                sa.handle_datagram(Instant::now(), from, &buf_a[..n]);
+                refused(media::receive(sa, srtp_a, Instant::now(), from, &buf_a[..n]));
             },
             r = pa.rtcp.recv_from(&mut rtcp_a) => if let Ok((n, from)) = r {
-                sa.handle_datagram(Instant::now(), from, &rtcp_a[..n]);
+                refused(media::receive(sa, srtp_a, Instant::now(), from, &rtcp_a[..n]));
             },
             r = pb.rtp.recv_from(&mut buf_b) => if let Ok((n, from)) = r {
-                sb.handle_datagram(Instant::now(), from, &buf_b[..n]);
+                refused(media::receive(&mut sb, &mut srtp_b, Instant::now(), from, &buf_b[..n]));
             },
             r = pb.rtcp.recv_from(&mut rtcp_b) => if let Ok((n, from)) = r {
-                sb.handle_datagram(Instant::now(), from, &rtcp_b[..n]);
+                refused(media::receive(&mut sb, &mut srtp_b, Instant::now(), from, &rtcp_b[..n]));
             },
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
@@ -372,10 +387,10 @@ pub(crate) async fn relay(
                 }
                 Some(Event::CallEnded { call: c, .. }) if c == leg => break Ended::Callee,
                 Some(Event::ReInvite { call: c, body }) if c == call => {
-                    answer_reinvite(endpoint, c, extension, sdp_a, sa, body);
+                    answer_reinvite(endpoint, c, extension, sdp_a, sa, srtp_a, body);
                 }
                 Some(Event::ReInvite { call: c, body }) if c == leg => {
-                    answer_reinvite(endpoint, c, extension, sdp_b, &mut sb, body);
+                    answer_reinvite(endpoint, c, extension, sdp_b, &mut sb, &mut srtp_b, body);
                 }
                 Some(Event::Info { call: c, body: Some(body) }) => {
                     // SIP INFO DTMF goes on as RFC 4733 on the other leg.
@@ -394,8 +409,8 @@ pub(crate) async fn relay(
             break Ended::Neither;
         }
         let now = Instant::now();
-        media::send_transmits(sa, pa, now);
-        media::send_transmits(&mut sb, pb, now);
+        media::send_transmits(sa, pa, srtp_a, now);
+        media::send_transmits(&mut sb, pb, &mut srtp_b, now);
     };
     let (after, stats_b) = (sa.stats(), sb.stats());
     let rejected = (after.rtp_rejected + after.rtcp_rejected)

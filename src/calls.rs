@@ -291,7 +291,8 @@ async fn start_call(
         .iter()
         .map(|c| codec_kind(*c))
         .collect();
-    let config = MediaConfig::new(codecs, layer.media_ip, ports.pair.rtp);
+    let config = MediaConfig::new(codecs, layer.media_ip, ports.pair.rtp)
+        .with_srtp(layer.profile.rtp.srtp.policy(), media::srtp_key());
     let mut sdp = SdpSession::new(config, rand::random::<u32>().into());
     let offer = incoming.body.as_ref().filter(|b| is_sdp(b));
     let (answer, params) = match offer {
@@ -357,6 +358,7 @@ async fn start_call(
             ring: Duration::from_secs(layer.profile.calls.ring_secs.into()),
             max_duration: Duration::from_secs(layer.profile.calls.max_duration_secs.into()),
             rtp_timeout: Duration::from_secs(layer.profile.calls.rtp_timeout_secs.into()),
+            srtp_policy: layer.profile.rtp.srtp.policy(),
         };
         tokio::spawn(bridge.run(events));
         return Some((call, route));
@@ -388,6 +390,8 @@ async fn start_call(
         media_ip: layer.media_ip,
         ring: Duration::from_secs(layer.profile.calls.ring_secs.into()),
         authenticated: incoming.authenticated_user.is_some(),
+        srtp_policy: layer.profile.rtp.srtp.policy(),
+        srtp: None,
     };
     let delay = Duration::from_millis(layer.profile.calls.answer_delay_ms.into());
     tokio::spawn(task.run(events, answer, params, delay));
@@ -468,6 +472,9 @@ struct CallTask {
     media_ip: IpAddr,
     ring: Duration,
     authenticated: bool,
+    srtp_policy: sofia_media::SrtpPolicy,
+    /// The caller's SRTP, once media runs with agreed keys.
+    srtp: Option<media::Srtp>,
 }
 
 /// How handing the caller to a person came out.
@@ -545,6 +552,17 @@ impl CallTask {
             }
         }
         let Some(params) = params else { return };
+        self.srtp = match media::Srtp::for_params(&params) {
+            Ok(srtp) => srtp,
+            Err(e) => {
+                warn!("call to {}: cannot start SRTP ({e})", self.extension);
+                self.endpoint.command(self.call, CallCommand::Hangup);
+                return;
+            }
+        };
+        if self.srtp.is_some() {
+            info!("call to {}: media encrypted (SRTP)", self.extension);
+        }
         let config = SessionConfig {
             seed: rand::random(),
             inactivity_timeout: Some(self.rtp_timeout),
@@ -635,12 +653,18 @@ impl CallTask {
                 }
                 r = self.ports.rtp.recv_from(&mut rtp_buf) => {
                     if let Ok((n, from)) = r {
-                        session.handle_datagram(Instant::now(), from, &rtp_buf[..n]);
+                        let now = Instant::now();
+                        if !media::receive(session, &mut self.srtp, now, from, &rtp_buf[..n]) {
+                            self.metrics.srtp_auth_failures.inc();
+                        }
                     }
                 }
                 r = self.ports.rtcp.recv_from(&mut rtcp_buf) => {
                     if let Ok((n, from)) = r {
-                        session.handle_datagram(Instant::now(), from, &rtcp_buf[..n]);
+                        let now = Instant::now();
+                        if !media::receive(session, &mut self.srtp, now, from, &rtcp_buf[..n]) {
+                            self.metrics.srtp_auth_failures.inc();
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => {
@@ -735,7 +759,7 @@ impl CallTask {
             }
             // After the events and the agent: audio the agent queued (or flushed, on a
             // barge-in) just now is already reflected in what goes out.
-            media::send_transmits(session, &self.ports, now);
+            media::send_transmits(session, &self.ports, &mut self.srtp, now);
         }
     }
 
@@ -753,7 +777,8 @@ impl CallTask {
             warn!("call to {}: no free RTP ports to hand off", self.extension);
             return HandOff::Failed(503);
         };
-        let config_b = MediaConfig::new(self.codecs.clone(), self.media_ip, ports_b.pair.rtp);
+        let config_b = MediaConfig::new(self.codecs.clone(), self.media_ip, ports_b.pair.rtp)
+            .with_srtp(self.srtp_policy, media::srtp_key());
         let mut sdp_b = SdpSession::new(config_b, rand::random::<u32>().into());
         let host = self.media_ip.to_string();
         let template = sofia_sip::OutgoingInvite {
@@ -807,10 +832,14 @@ impl CallTask {
                     return HandOff::Failed(408);
                 }
                 r = self.ports.rtp.recv_from(&mut rtp_buf) => if let Ok((n, from)) = r {
-                    session.handle_datagram(Instant::now(), from, &rtp_buf[..n]);
+                    if !media::receive(session, &mut self.srtp, Instant::now(), from, &rtp_buf[..n]) {
+                        self.metrics.srtp_auth_failures.inc();
+                    }
                 },
                 r = self.ports.rtcp.recv_from(&mut rtcp_buf) => if let Ok((n, from)) = r {
-                    session.handle_datagram(Instant::now(), from, &rtcp_buf[..n]);
+                    if !media::receive(session, &mut self.srtp, Instant::now(), from, &rtcp_buf[..n]) {
+                        self.metrics.srtp_auth_failures.inc();
+                    }
                 },
                 _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
                 _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
@@ -857,7 +886,7 @@ impl CallTask {
                         }
                     }
                     Some(Event::ReInvite { call, body }) if call == self.call => {
-                        answer_reinvite(&self.endpoint, call, &self.extension, &mut self.sdp, session, body);
+                        answer_reinvite(&self.endpoint, call, &self.extension, &mut self.sdp, session, &mut self.srtp, body);
                     }
                     Some(_) => {}
                 },
@@ -870,12 +899,23 @@ impl CallTask {
                     return HandOff::Over;
                 }
             }
-            media::send_transmits(session, &self.ports, Instant::now());
+            media::send_transmits(session, &self.ports, &mut self.srtp, Instant::now());
         };
         info!(
             "call to {}: {target} answered; the caller is connected",
             self.extension
         );
+        let srtp_b = match media::Srtp::for_params(&params_b) {
+            Ok(srtp) => srtp,
+            Err(e) => {
+                warn!(
+                    "call to {}: cannot start the person's SRTP ({e})",
+                    self.extension
+                );
+                self.endpoint.command(winner, CallCommand::Hangup);
+                return HandOff::Failed(500);
+            }
+        };
         let session_b = match media::new_session(
             params_b,
             crate::bridge::relay_session_config(
@@ -908,12 +948,14 @@ impl CallTask {
                 session,
                 ports: &self.ports,
                 sdp: &mut self.sdp,
+                srtp: &mut self.srtp,
             },
             crate::bridge::BLeg {
                 call: winner,
                 session: session_b,
                 ports: &ports_b,
                 sdp: &mut sdp_b,
+                srtp: srtp_b,
             },
             events,
         )
@@ -929,6 +971,7 @@ impl CallTask {
             &self.extension,
             &mut self.sdp,
             session,
+            &mut self.srtp,
             body,
         );
     }
@@ -942,6 +985,7 @@ pub(crate) fn answer_reinvite(
     extension: &str,
     sdp: &mut SdpSession,
     session: &mut sofia_media::MediaSession,
+    srtp: &mut Option<media::Srtp>,
     body: Option<Body>,
 ) {
     let Some(body) = body.filter(is_sdp) else {
@@ -955,6 +999,15 @@ pub(crate) fn answer_reinvite(
     };
     match sdp.negotiate(&body.bytes) {
         Ok(negotiated) => {
+            // A re-offer may bring new keys (or drop SRTP): the next packets use them.
+            match media::Srtp::for_params(&negotiated.params) {
+                Ok(new) => *srtp = new,
+                Err(e) => {
+                    warn!("call to {extension}: re-INVITE SRTP keys unusable ({e})");
+                    endpoint.command(call, CallCommand::Reject(488));
+                    return;
+                }
+            }
             if let Err(e) = session.update(Instant::now(), negotiated.params) {
                 warn!("call to {extension}: re-INVITE media update failed ({e})");
                 endpoint.command(call, CallCommand::Reject(488));

@@ -239,6 +239,30 @@ pub struct AuthSettings {
 pub struct RtpSettings {
     pub ports: PortRange,
     pub codecs: Vec<Codec>,
+    /// Media encryption (SRTP with SDES keys).
+    pub srtp: Srtp,
+}
+
+/// `rtp.srtp`: whether calls' media is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Srtp {
+    /// Plain RTP only.
+    Off,
+    /// SRTP when the phone offers or accepts it.
+    Optional,
+    /// SRTP or 488.
+    Required,
+}
+
+impl Srtp {
+    pub fn policy(self) -> sofia_media::SrtpPolicy {
+        match self {
+            Srtp::Off => sofia_media::SrtpPolicy::Off,
+            Srtp::Optional => sofia_media::SrtpPolicy::Optional,
+            Srtp::Required => sofia_media::SrtpPolicy::Required,
+        }
+    }
 }
 
 /// Where a user's password comes from.
@@ -540,6 +564,12 @@ struct RtpFile {
     ports: String,
     #[serde(default = "default_codecs")]
     codecs: Vec<Codec>,
+    #[serde(default = "default_srtp")]
+    srtp: Srtp,
+}
+
+fn default_srtp() -> Srtp {
+    Srtp::Optional
 }
 
 fn default_codecs() -> Vec<Codec> {
@@ -1167,7 +1197,11 @@ fn validate(
             failures_before_block: auth.failures_before_block,
             block_secs: auth.block_secs,
         },
-        rtp: RtpSettings { ports, codecs },
+        rtp: RtpSettings {
+            ports,
+            codecs,
+            srtp: file.rtp.srtp,
+        },
         calls: CallSettings {
             answer_delay_ms: calls.answer_delay_ms,
             max_duration_secs: calls.max_duration_secs,
@@ -1683,19 +1717,28 @@ mod tests {
         assert_eq!(p.route("4321"), None);
         let e = broken("ring_secs = 30", "ring_secs = 1");
         assert_eq!(e.key, "calls.ring_secs");
-        let e = broken("tls_certificate = \"\"", "tls_certificate = \"/etc/cert.pem\"");
+        let e = broken(
+            "tls_certificate = \"\"",
+            "tls_certificate = \"/etc/cert.pem\"",
+        );
         assert_eq!(e.key, "sip.tls_private_key");
         let e = broken(
             "transports = [\"udp\", \"tcp\"]\n# SIP over TLS (sips:) listens here when transports has \"tls\" ($SOFIA_SIP_TLS_PORT).\ntls_port = 5061",
             "transports = [\"udp\", \"tcp\", \"tls\"]\ntls_port = 5060",
         );
         assert_eq!(e.key, "sip.tls_port");
-        let e = broken("handoff_extension = \"1001\"", "handoff_extension = \"10 01\"");
+        let e = broken(
+            "handoff_extension = \"1001\"",
+            "handoff_extension = \"10 01\"",
+        );
         assert_eq!(e.key, "agent.handoff_extension");
         let e = broken("handoff_allowed = []", "handoff_allowed = [\"1001\", \"\"]");
         assert_eq!(e.key, "agent.handoff_allowed[1]");
         let e = builtin(&[("SOFIA_SIP_TLS_PORT", "x")]).unwrap_err();
         assert_eq!(e.key, "SOFIA_SIP_TLS_PORT");
+        assert_eq!(p.rtp.srtp, Srtp::Optional);
+        let e = broken("srtp = \"optional\"", "srtp = \"maybe\"");
+        assert_eq!(e.key, "rtp.srtp");
     }
 
     #[test]

@@ -143,6 +143,8 @@ pub struct Metrics {
     pub agent_transfers: Family<OutcomeLabel, Counter>,
     /// TLS handshakes on the SIP TLS port, by outcome: `ok`, `failed`, `timeout`.
     pub tls_handshakes: Family<OutcomeLabel, Counter>,
+    /// SRTP/SRTCP packets refused: failed authentication, replays, undecryptable.
+    pub srtp_auth_failures: Counter,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
     /// Calls in progress over every application (what `calls_active` sums to).
@@ -294,6 +296,12 @@ impl Metrics {
             "TLS handshakes on the SIP TLS port, by outcome (ok, failed, timeout)",
             tls_handshakes.clone(),
         );
+        let srtp_auth_failures = Counter::default();
+        registry.register(
+            "srtp_auth_failures",
+            "SRTP/SRTCP packets refused (failed authentication, replays)",
+            srtp_auth_failures.clone(),
+        );
         let agent_state = Arc::new(AtomicI64::new(0));
         Self {
             registry,
@@ -321,6 +329,7 @@ impl Metrics {
             bridge_legs,
             agent_transfers,
             tls_handshakes,
+            srtp_auth_failures,
             agent_state,
             calls_active_total: AtomicI64::new(0),
             draining: AtomicBool::new(false),

@@ -83,6 +83,20 @@ impl Baresip {
         }
     }
 
+    /// The same phone with media encryption `mode` (baresip's `mediaenc`: `srtp` is
+    /// best effort, RTP/AVP with a=crypto; `srtp-mand` is RTP/SAVP, SRTP or nothing).
+    pub fn with_mediaenc(self, mode: &str) -> Self {
+        let accounts = self.dir.path().join("accounts");
+        let text = std::fs::read_to_string(&accounts).unwrap();
+        let text = text.trim_end().to_string() + &format!(";mediaenc={mode}\n");
+        std::fs::write(&accounts, text).unwrap();
+        let config = self.dir.path().join("config");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("module srtp.so\n");
+        std::fs::write(&config, text).unwrap();
+        self
+    }
+
     /// The same phone over SIP over TLS to `tls_port`, trusting the certificate in
     /// `cafile` (the switch's self-signed one, as a user would install it).
     pub fn over_tls(mut self, tls_port: u16, cafile: &Path) -> Self {

@@ -23,7 +23,7 @@ pub use dtmf::Digit;
 pub use jitter::JitterConfig;
 pub use offer_answer::{
     negotiate, Direction, MediaConfig, MediaParams, Negotiated, NegotiationError, SdpSession,
-    TelephoneEvent,
+    SrtpKeys, SrtpPolicy, TelephoneEvent, SRTP_KEY_LEN,
 };
 pub use ports::{PortAllocator, PortPair, PortRangeError};
 pub use resample::{resample, ClipResampler, ResampleError, StreamResampler};

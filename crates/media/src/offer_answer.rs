@@ -4,7 +4,10 @@
 //! RTCP, the stream direction (hold and resume), and writing our SDP (answers, and
 //! offers for INVITEs without SDP and for re-INVITEs) with an `o=` version that
 //! increments whenever our description changes (RFC 3264 8). Parsing and printing
-//! use the `sdp` crate. Must not: know about SIP; the shell maps
+//! use the `sdp` crate. SRTP keys are negotiated here with SDES (RFC 4568 `a=crypto`,
+//! AES_CM_128_HMAC_SHA1_80 only); encrypting and decrypting is the shell's (the key
+//! material comes from it: this crate reads no randomness of its own for keys). Must
+//! not: know about SIP; the shell maps
 //! [`NegotiationError`] to a status (488 Not Acceptable Here for
 //! [`NegotiationError::is_not_acceptable`], 400 otherwise).
 
@@ -100,6 +103,45 @@ pub struct MediaConfig {
     pub rtcp_mux: bool,
     /// The direction we want; `SendOnly` puts the peer on hold.
     pub direction: Direction,
+    /// Whether media is encrypted (SRTP with SDES keys).
+    pub srtp: SrtpPolicy,
+    /// Our SRTP master key and salt (16 + 14 bytes, from a CSPRNG), sent in our
+    /// `a=crypto`; required unless `srtp` is `Off`.
+    pub srtp_key: Option<[u8; SRTP_KEY_LEN]>,
+}
+
+/// Master key plus master salt of AES_CM_128_HMAC_SHA1_80 (RFC 4568 6.2.1).
+pub const SRTP_KEY_LEN: usize = 30;
+/// The one crypto suite we offer and accept.
+const SRTP_SUITE: &str = "AES_CM_128_HMAC_SHA1_80";
+
+/// The profile's SRTP policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrtpPolicy {
+    /// Plain RTP only: offers of RTP/SAVP are refused, `a=crypto` is ignored.
+    Off,
+    /// SRTP when the peer offers or accepts it, plain RTP otherwise; our offers are
+    /// RTP/AVP with `a=crypto` (RFC 4568 "best effort").
+    #[default]
+    Optional,
+    /// SRTP or nothing: a plain offer is refused (488); our offers are RTP/SAVP.
+    Required,
+}
+
+/// The SRTP keys of a negotiated stream.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    /// Ours: what we encrypt with (the peer decrypts with it).
+    pub local: [u8; SRTP_KEY_LEN],
+    /// The peer's: what it encrypts with.
+    pub remote: [u8; SRTP_KEY_LEN],
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys never go to logs.
+        f.write_str("SrtpKeys(..)")
+    }
 }
 
 impl MediaConfig {
@@ -112,7 +154,16 @@ impl MediaConfig {
             ptime_ms: 20,
             rtcp_mux: true,
             direction: Direction::SendRecv,
+            srtp: SrtpPolicy::Off,
+            srtp_key: None,
         }
+    }
+
+    /// The same, with SRTP under `policy` using `key` as ours.
+    pub fn with_srtp(mut self, policy: SrtpPolicy, key: [u8; SRTP_KEY_LEN]) -> Self {
+        self.srtp = policy;
+        self.srtp_key = (policy != SrtpPolicy::Off).then_some(key);
+        self
     }
 }
 
@@ -152,6 +203,8 @@ pub struct MediaParams {
     pub ptime_ms: u32,
     /// The peer's `a=ptime`, if given.
     pub remote_ptime_ms: Option<u32>,
+    /// SRTP keys when the stream is encrypted; `None`: plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// The result of answering an offer.
@@ -187,6 +240,10 @@ pub enum NegotiationError {
     /// The answer's audio stream does not match our offer (RFC 3264 6).
     #[error("the answer does not match our offer")]
     AnswerMismatch,
+    /// SRTP is required and the peer did not offer or accept a usable `a=crypto`, or
+    /// it offered RTP/SAVP and SRTP is off.
+    #[error("no acceptable SRTP crypto: {0}")]
+    Srtp(&'static str),
 }
 
 impl NegotiationError {
@@ -224,11 +281,17 @@ struct RemoteAudio {
     direction: Direction,
     ptime_ms: Option<u32>,
     proto: Vec<String>,
+    /// The first usable `a=crypto` (tag, key and salt), if any.
+    crypto: Option<(u32, [u8; SRTP_KEY_LEN])>,
+    /// Whether the profile is RTP/SAVP(F): SRTP or nothing.
+    secure: bool,
 }
 
-/// An offer we sent and await the answer to.
+/// An offer we sent and await the answer to: whether it required SRTP.
 #[derive(Debug, Clone)]
-struct PendingOffer;
+struct PendingOffer {
+    srtp_required: bool,
+}
 
 /// The SDP state of one call: our `o=` line and any offer in flight.
 #[derive(Debug, Clone)]
@@ -288,6 +351,30 @@ impl SdpSession {
         let telephone_event = pick_telephone_event(&remote.formats, codec.clock_rate());
         let rtcp_mux = remote.rtcp_mux && self.config.rtcp_mux;
         let direction = remote.direction.reversed().intersect(self.config.direction);
+        // RFC 4568: answer a usable crypto line with ours under the same tag; an
+        // RTP/SAVP offer is SRTP or nothing; `Required` refuses plain offers.
+        let srtp = match (self.config.srtp, self.config.srtp_key, remote.crypto) {
+            (SrtpPolicy::Off, _, _) if remote.secure => {
+                return Err(NegotiationError::Srtp(
+                    "the offer is RTP/SAVP and SRTP is off",
+                ))
+            }
+            (SrtpPolicy::Off, _, _) => None,
+            (_, Some(local), Some((tag, remote_key))) => Some((
+                tag,
+                SrtpKeys {
+                    local,
+                    remote: remote_key,
+                },
+            )),
+            (SrtpPolicy::Required, _, _) => {
+                return Err(NegotiationError::Srtp("no usable a=crypto in the offer"))
+            }
+            _ if remote.secure => {
+                return Err(NegotiationError::Srtp("RTP/SAVP without a usable a=crypto"))
+            }
+            _ => None,
+        };
 
         let mut formats = vec![Format {
             pt: format.pt,
@@ -301,7 +388,8 @@ impl SdpSession {
                 clock_rate: te.clock_rate,
             });
         }
-        let audio = self.audio_description(&remote.proto, &formats, direction, rtcp_mux);
+        let crypto = srtp.as_ref().map(|(tag, keys)| (*tag, keys.local));
+        let audio = self.audio_description(&remote.proto, &formats, direction, rtcp_mux, crypto);
         // RFC 3264 6: the answer has as many m= lines as the offer, in the same
         // order; streams we do not take are rejected with port 0.
         let media = desc
@@ -332,6 +420,7 @@ impl SdpSession {
                 direction,
                 ptime_ms: send_ptime(codec, remote.ptime_ms, self.config.ptime_ms),
                 remote_ptime_ms: remote.ptime_ms,
+                srtp: srtp.map(|(_, keys)| keys),
             },
         })
     }
@@ -362,23 +451,32 @@ impl SdpSession {
                 clock_rate: 48_000,
             });
         }
-        let proto = vec!["RTP".to_string(), "AVP".to_string()];
+        let required = self.config.srtp == SrtpPolicy::Required;
+        let profile = if required { "SAVP" } else { "AVP" };
+        let proto = vec!["RTP".to_string(), profile.to_string()];
+        let crypto = match self.config.srtp {
+            SrtpPolicy::Off => None,
+            _ => self.config.srtp_key.map(|k| (1, k)),
+        };
         let media = self.audio_description(
             &proto,
             &formats,
             self.config.direction,
             self.config.rtcp_mux,
+            crypto,
         );
-        self.pending_offer = Some(PendingOffer);
+        self.pending_offer = Some(PendingOffer {
+            srtp_required: required,
+        });
         self.finish(vec![media])
     }
 
     /// Takes the answer to our last [`create_offer`](Self::create_offer). The codec
     /// is the answer's first format that we offered (RFC 3264 7).
     pub fn handle_answer(&mut self, answer: &[u8]) -> Result<MediaParams, NegotiationError> {
-        if self.pending_offer.is_none() {
+        let Some(pending) = self.pending_offer.clone() else {
             return Err(NegotiationError::AnswerWithoutOffer);
-        }
+        };
         let desc = parse(answer)?;
         if desc.media_descriptions.len() != 1 {
             return Err(NegotiationError::AnswerMismatch);
@@ -397,6 +495,17 @@ impl SdpSession {
             .ok_or(NegotiationError::NoCommonCodec)?;
         self.pending_offer = None;
         let rtcp_mux = remote.rtcp_mux && self.config.rtcp_mux;
+        let srtp = match (self.config.srtp, self.config.srtp_key, remote.crypto) {
+            (SrtpPolicy::Off, _, _) => None,
+            (_, Some(local), Some((_, remote_key))) => Some(SrtpKeys {
+                local,
+                remote: remote_key,
+            }),
+            _ if pending.srtp_required => {
+                return Err(NegotiationError::Srtp("the answer has no usable a=crypto"))
+            }
+            _ => None,
+        };
         Ok(MediaParams {
             codec,
             payload_type: format.pt,
@@ -409,6 +518,7 @@ impl SdpSession {
             direction: remote.direction.reversed().intersect(self.config.direction),
             ptime_ms: send_ptime(codec, remote.ptime_ms, self.config.ptime_ms),
             remote_ptime_ms: remote.ptime_ms,
+            srtp,
         })
     }
 
@@ -418,6 +528,7 @@ impl SdpSession {
         formats: &[Format],
         direction: Direction,
         rtcp_mux: bool,
+        crypto: Option<(u32, [u8; SRTP_KEY_LEN])>,
     ) -> MediaDescription {
         let mut attributes = Vec::new();
         let attr = |k: &str, v: Option<String>| Attribute {
@@ -442,6 +553,12 @@ impl SdpSession {
             attributes.push(attr("rtcp-mux", None));
         }
         attributes.push(attr(direction.attribute(), None));
+        if let Some((tag, key)) = crypto {
+            attributes.push(attr(
+                "crypto",
+                Some(format!("{tag} {SRTP_SUITE} inline:{}", base64_encode(&key))),
+            ));
+        }
         MediaDescription {
             media_name: MediaName {
                 media: "audio".into(),
@@ -596,7 +713,10 @@ fn remote_audio(desc: &SessionDescription) -> Result<RemoteAudio, NegotiationErr
             let proto = m.media_name.protos.join("/");
             m.media_name.media == "audio"
                 && m.media_name.port.value > 0
-                && (proto == "RTP/AVP" || proto == "RTP/AVPF")
+                && matches!(
+                    proto.as_str(),
+                    "RTP/AVP" | "RTP/AVPF" | "RTP/SAVP" | "RTP/SAVPF"
+                )
         })
         .ok_or(NegotiationError::NoAudioStream)?;
 
@@ -696,6 +816,16 @@ fn remote_audio(desc: &SessionDescription) -> Result<RemoteAudio, NegotiationErr
         .and_then(|a| a.value.as_deref()?.trim().parse::<u32>().ok())
         .filter(|&p| (10..=120).contains(&p));
 
+    let crypto = media
+        .attributes
+        .iter()
+        .filter(|a| a.key == "crypto")
+        .find_map(|a| parse_crypto(a.value.as_deref()?));
+    let secure = media
+        .media_name
+        .protos
+        .iter()
+        .any(|p| p == "SAVP" || p == "SAVPF");
     Ok(RemoteAudio {
         index,
         formats,
@@ -705,5 +835,43 @@ fn remote_audio(desc: &SessionDescription) -> Result<RemoteAudio, NegotiationErr
         direction,
         ptime_ms,
         proto: media.media_name.protos.clone(),
+        crypto,
+        secure,
     })
+}
+
+/// `a=crypto:<tag> AES_CM_128_HMAC_SHA1_80 inline:<key||salt>[|lifetime]` (RFC 4568
+/// 9.1): the tag and the 30 bytes, when the suite is ours, the key decodes to exactly
+/// 30 bytes and no MKI is used (we use none); other lines are skipped.
+fn parse_crypto(value: &str) -> Option<(u32, [u8; SRTP_KEY_LEN])> {
+    let mut parts = value.split_whitespace();
+    let tag = parts.next()?.parse::<u32>().ok()?;
+    if parts.next()? != SRTP_SUITE {
+        return None;
+    }
+    let key_params = parts.next()?;
+    // One key only (several are separated by ';').
+    let key = key_params.split(';').next()?.strip_prefix("inline:")?;
+    let mut fields = key.split('|');
+    let material = base64_decode(fields.next()?)?;
+    // A lifetime is fine; an MKI (contains ':') is not supported.
+    if fields.any(|f| f.contains(':')) {
+        return None;
+    }
+    let material: [u8; SRTP_KEY_LEN] = material.try_into().ok()?;
+    Some((tag, material))
+}
+
+/// Standard base64 with padding (RFC 4648 4), as SDES keys are written.
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes with or without padding (peers differ).
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .ok()
 }

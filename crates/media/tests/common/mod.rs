@@ -45,6 +45,7 @@ pub fn params(codec: CodecKind) -> MediaParams {
         direction: Direction::SendRecv,
         ptime_ms: 20,
         remote_ptime_ms: Some(20),
+        srtp: None,
     }
 }
 
