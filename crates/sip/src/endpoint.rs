@@ -924,7 +924,11 @@ impl Endpoint {
         };
         let call = invite_tx.call;
         let has_final = invite_tx.has_final();
-        self.respond_stateless(key, req, 200, &[]);
+        // RFC 3261 9.2: the 200 carries the To tag the INVITE's responses carry.
+        let tag = call
+            .and_then(|h| self.calls.get(&h))
+            .map(|c| c.dialog.key.local_tag.clone());
+        self.respond_stateless_tagged(key, req, 200, &[], tag);
         if has_final {
             return;
         }
@@ -1255,10 +1259,23 @@ impl Endpoint {
         status: u16,
         extra: &[(&str, String)],
     ) {
+        self.respond_stateless_tagged(key, req, status, extra, None);
+    }
+
+    /// As [`Self::respond_stateless`], with a given To tag instead of the derived one.
+    fn respond_stateless_tagged(
+        &mut self,
+        key: &str,
+        req: &Request,
+        status: u16,
+        extra: &[(&str, String)],
+        tag: Option<Tag>,
+    ) {
         let Some(tx) = self.forget_server_transaction(key) else {
             return;
         };
-        let to_tag = (status > 100 && req.to.tag().is_none()).then(|| self.derived_tag(key));
+        let to_tag = (status > 100 && req.to.tag().is_none())
+            .then(|| tag.unwrap_or_else(|| self.derived_tag(key)));
         let bytes = build_response(
             req,
             status,

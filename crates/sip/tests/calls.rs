@@ -222,7 +222,10 @@ fn cancel_before_final_gives_487() {
         &branch,
     );
     ep.handle_datagram(now, call.uac.addr, Transport::Udp, &cancel);
-    assert_eq!(statuses(&drain(&mut ep)), vec![200, 487]);
+    let sent = drain(&mut ep);
+    assert_eq!(statuses(&sent), vec![200, 487]);
+    // RFC 3261 9.2: the CANCEL's 200 has the To tag of the INVITE's responses.
+    assert_eq!(response(&sent[0]).to.tag(), response(&sent[1]).to.tag());
     assert_eq!(
         events(&mut ep),
         vec![Event::CallCancelled { call: call.handle }]

@@ -1,0 +1,466 @@
+//! Calls between phones through the switch (B2BUA), with the called phone a SIPp
+//! scenario: SIPp registers as 1001 with digest authentication and then plays the
+//! phone's side of the call the switch places to it (answer, ring until cancelled,
+//! busy, answer and hang up), while a second SIPp calls 1001 as user 1000. Both SIPp
+//! runs must play their scenario to the end. Also: no answer within `calls.ring_secs`
+//! (408), and two phones registered as 1001 (the first to answer wins, the other gets
+//! CANCEL). Then two real softphones, baresip and linphone, call each other both ways
+//! and each must hear the other's tone.
+
+mod common;
+mod voice_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+use common::baresip::{Baresip, Options};
+use common::{
+    assert_sipp_ok, call_args, free_port, sipp, sipp_spawn, tone_share, wait_saved_registration,
+    Server,
+};
+use voice_support::audio::{read_wav, write_wav};
+
+const USERS: &str = "1000:secret-1000,1001:secret-1001";
+
+/// A SIPp phone registered as 1001 (fixtures/sipp/phone_registered.xml) from its own
+/// port, whose side of the call the switch places to it is `handler`, an out-of-call
+/// scenario (SIPp maps messages to a scenario by Call-ID, and the switch's INVITE has a
+/// Call-ID of its own). Killed on drop, so a failing test leaves nothing behind.
+struct SippPhone {
+    child: Option<Child>,
+}
+
+impl SippPhone {
+    /// Starts the phone and waits until the switch has saved its registration.
+    fn register(data: &Path, sip_port: u16, handler: &str, extra: &[&str]) -> SippPhone {
+        let port = free_port();
+        let handler = format!("fixtures/sipp/{handler}");
+        let mut args = vec![
+            "-oocsf",
+            &handler,
+            "-s",
+            "1001",
+            "-au",
+            "1001",
+            "-ap",
+            "secret-1001",
+            "-key",
+            "expires",
+            "60",
+        ];
+        args.extend_from_slice(extra);
+        let phone = SippPhone {
+            child: Some(sipp_spawn(port, "phone_registered.xml", sip_port, &args)),
+        };
+        wait_saved_registration(data, &format!("127.0.0.1:{port}"));
+        phone
+    }
+
+    /// Waits for SIPp to end (it does once its call is over, or after its timeout).
+    fn finish(mut self) -> Output {
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for SippPhone {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A switch with users 1000 and 1001, ready for calls.
+fn switch() -> (tempfile::TempDir, u16, Server) {
+    let data = tempfile::tempdir().unwrap();
+    let sip_port = free_port();
+    let server = Server::start(data.path(), sip_port, Some(USERS));
+    server.wait_for("listening for SIP on tcp");
+    (data, sip_port, server)
+}
+
+/// Asserts some line of `lines` contains `needle`.
+fn assert_logged(lines: &[String], needle: &str) {
+    assert!(
+        lines.iter().any(|l| l.contains(needle)),
+        "the switch never logged {needle:?}: {lines:#?}"
+    );
+}
+
+#[test]
+fn a_sipp_phone_registered_as_1001_answers_a_call_from_1000() {
+    let (data, sip_port, server) = switch();
+    let phone = SippPhone::register(data.path(), sip_port, "phone_answers.xml", &[]);
+    let rtp_port = free_port().to_string();
+    // 1000 calls 1001, gets 200 with an SDP answer, talks for a second and hangs up.
+    let caller = sipp(
+        "call.xml",
+        sip_port,
+        &call_args("1001", &rtp_port, &["-d", "1000"]),
+    );
+    assert_sipp_ok(&caller, "1000's call to 1001");
+    let lines = server.wait_for("call to 1001 over");
+    assert_logged(&lines, "call to 1001 from 1000: ringing 1 phone(s)");
+    assert_logged(&lines, "call to 1001 from 1000 answered");
+    // The phone got the INVITE, rang, answered, got the ACK and then the caller's BYE.
+    assert_sipp_ok(
+        &phone.finish(),
+        "the phone 1001 (answer, then the caller's BYE)",
+    );
+    server.terminate();
+}
+
+#[test]
+fn cancel_before_answer_reaches_the_phone_and_the_caller_gets_487() {
+    let (data, sip_port, server) = switch();
+    let phone = SippPhone::register(
+        data.path(),
+        sip_port,
+        "phone_rings_until_cancelled.xml",
+        &[],
+    );
+    let rtp_port = free_port().to_string();
+    // 1000 calls 1001, hears it ring (180), gives up: 200 for the CANCEL, 487, ACK.
+    let caller = sipp("cancel.xml", sip_port, &call_args("1001", &rtp_port, &[]));
+    assert_sipp_ok(&caller, "1000's call to 1001, cancelled while ringing");
+    server.wait_for("call to 1001: the caller hung up while ringing");
+    // The switch cancelled its call to the phone: 200 for the CANCEL, 487, its ACK.
+    assert_sipp_ok(&phone.finish(), "the phone 1001 (ringing, then CANCEL)");
+    server.terminate();
+}
+
+#[test]
+fn a_busy_phone_gets_the_caller_486() {
+    let (data, sip_port, server) = switch();
+    let phone = SippPhone::register(data.path(), sip_port, "phone_busy.xml", &[]);
+    let rtp_port = free_port().to_string();
+    let caller = sipp(
+        "rejected_486.xml",
+        sip_port,
+        &call_args(
+            "1001",
+            &rtp_port,
+            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
+        ),
+    );
+    assert_sipp_ok(&caller, "1000's call to a busy 1001");
+    server.wait_for("call to 1001: no phone took it, 486");
+    // The phone answered 486 and got the switch's ACK for it.
+    assert_sipp_ok(&phone.finish(), "the phone 1001 (busy)");
+    server.terminate();
+}
+
+#[test]
+fn hang_up_from_the_called_phone_ends_the_callers_leg() {
+    let (data, sip_port, server) = switch();
+    // The phone answers, and a second later hangs up with BYE.
+    let phone = SippPhone::register(
+        data.path(),
+        sip_port,
+        "phone_answers_then_hangs_up.xml",
+        &["-d", "1000"],
+    );
+    let rtp_port = free_port().to_string();
+    // 1000 calls 1001 and waits: the BYE must come from the switch (answered 200).
+    let caller = sipp(
+        "call_ended_by_callee.xml",
+        sip_port,
+        &call_args("1001", &rtp_port, &[]),
+    );
+    assert_sipp_ok(&caller, "1000's call to 1001, ended by 1001");
+    let lines = server.wait_for("call to 1001 over");
+    assert_logged(&lines, "call to 1001 from 1000 answered");
+    // The phone's BYE got its 200 from the switch.
+    assert_sipp_ok(&phone.finish(), "the phone 1001 (answer, then its own BYE)");
+    server.terminate();
+}
+
+#[test]
+fn no_answer_within_ring_secs_cancels_the_phone_and_the_caller_gets_408() {
+    let data = tempfile::tempdir().unwrap();
+    let sip_port = free_port();
+    // calls.ring_secs = 5.
+    let server = Server::start_with(
+        data.path(),
+        sip_port,
+        Some(USERS),
+        Path::new("tests/profiles/ring_5s.toml"),
+        &[],
+    );
+    server.wait_for("listening for SIP on tcp");
+    let phone = SippPhone::register(
+        data.path(),
+        sip_port,
+        "phone_rings_until_cancelled.xml",
+        &[],
+    );
+    let rtp_port = free_port().to_string();
+    let started = std::time::Instant::now();
+    let caller = sipp(
+        "rejected_408.xml",
+        sip_port,
+        &call_args(
+            "1001",
+            &rtp_port,
+            &["-key", "payloads", "0", "-key", "rtpmap", "PCMU/8000"],
+        ),
+    );
+    assert_sipp_ok(&caller, "1000's call to 1001, which never answers");
+    let rang = started.elapsed();
+    assert!(
+        rang >= std::time::Duration::from_millis(4500),
+        "408 after only {rang:?} of ringing"
+    );
+    server.wait_for("call to 1001: no answer within 5s, 408");
+    // The switch cancelled its call to the phone: 200 for the CANCEL, 487, its ACK.
+    assert_sipp_ok(&phone.finish(), "the phone 1001 (ringing, then CANCEL)");
+    server.terminate();
+}
+
+#[test]
+fn of_two_phones_ringing_the_one_that_answers_gets_the_call_and_the_other_a_cancel() {
+    let (data, sip_port, server) = switch();
+    // Two phones registered as 1001: one answers, the other only rings.
+    let answers = SippPhone::register(data.path(), sip_port, "phone_answers.xml", &[]);
+    let rings = SippPhone::register(
+        data.path(),
+        sip_port,
+        "phone_rings_until_cancelled.xml",
+        &[],
+    );
+    let rtp_port = free_port().to_string();
+    let caller = sipp(
+        "call.xml",
+        sip_port,
+        &call_args("1001", &rtp_port, &["-d", "1000"]),
+    );
+    assert_sipp_ok(&caller, "1000's call to 1001");
+    let lines = server.wait_for("call to 1001 over");
+    assert_logged(&lines, "call to 1001 from 1000: ringing 2 phone(s)");
+    // The one that rang on got a CANCEL once the other answered.
+    assert_sipp_ok(&rings.finish(), "the phone 1001 that only rang (CANCEL)");
+    // The one that answered had the call, and the caller's BYE.
+    assert_sipp_ok(&answers.finish(), "the phone 1001 that answered (then BYE)");
+    server.terminate();
+}
+
+/// `freq` Hz for `seconds` at `rate`, then `silence` seconds, as a mono WAV.
+fn write_tone(path: &Path, rate: u32, freq: f32, seconds: f32, silence: f32) {
+    let tone = (rate as f32 * seconds) as usize;
+    let total = tone + (rate as f32 * silence) as usize;
+    let samples: Vec<f32> = (0..total)
+        .map(|i| {
+            if i < tone {
+                (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    write_wav(path, rate, &samples);
+}
+
+/// The share of `freq` in the loudest half second of what a phone recorded, and that
+/// half second's level (RMS).
+fn loudest_share(wav: &Path, freq: f32) -> (f32, f32) {
+    let (heard, rate) = read_wav(&std::fs::read(wav).unwrap());
+    let window = rate as usize / 2;
+    assert!(
+        heard.len() > window * 2,
+        "only {} samples heard in {}",
+        heard.len(),
+        wav.display()
+    );
+    let (best, _) = (0..heard.len() - window)
+        .step_by(window / 4)
+        .map(|i| (i, heard[i..i + window].iter().map(|x| x * x).sum::<f32>()))
+        .fold((0, 0f32), |a, b| if b.1 > a.1 { b } else { a });
+    let slice = &heard[best..best + window];
+    let level = (slice.iter().map(|x| x * x).sum::<f32>() / window as f32).sqrt();
+    (tone_share(slice, rate, freq), level)
+}
+
+/// linphonecsh talks to its daemon over a socket whose path is fixed per user
+/// (/tmp/linphonec-UID), so only one linphonec runs at a time.
+static LINPHONEC: Mutex<()> = Mutex::new(());
+
+/// A linphonec daemon (Debian package linphone-cli) in a temporary home, registered
+/// with the switch, answering calls by itself (`-a`), its microphone a WAV file and
+/// what it hears recorded to another. `linphonecsh exit` on drop.
+struct Linphone {
+    home: tempfile::TempDir,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Linphone {
+    fn start(data: &Path, sip_port: u16, user: &str, password: &str, mic: &Path) -> Linphone {
+        let turn = LINPHONEC.lock().unwrap_or_else(|e| e.into_inner());
+        let home = tempfile::tempdir().unwrap();
+        // linphonec never opens its SIP port without this directory.
+        std::fs::create_dir_all(home.path().join(".local/share/linphone")).unwrap();
+        let (local, rtp) = (free_port(), free_port());
+        let rc = home.path().join("rc");
+        std::fs::write(
+            &rc,
+            format!(
+                "[sip]\nsip_port={local}\nsip_tcp_port=0\nsip_tls_port=0\n\
+                 register_only_when_network_is_up=0\n\
+                 [proxy_0]\nreg_proxy=<sip:127.0.0.1:{sip_port};transport=udp>\n\
+                 reg_identity=sip:{user}@127.0.0.1\nreg_expires=60\nreg_sendregister=1\n\
+                 [auth_info_0]\nusername={user}\npasswd={password}\nrealm=sofia-phone\n\
+                 domain=127.0.0.1\n[rtp]\naudio_rtp_port={rtp}\n"
+            ),
+        )
+        .unwrap();
+        let phone = Linphone { home, _turn: turn };
+        phone.sh(&["init", "-a", "-c", rc.to_str().unwrap()]);
+        wait_saved_registration(data, &format!("127.0.0.1:{local}"));
+        phone.command("soundcard use files");
+        phone.command(&format!("play {}", mic.display()));
+        phone.command(&format!("record {}", phone.heard().display()));
+        let mode = phone.command("autoanswer");
+        assert!(
+            mode.contains("Auto answer is enabled"),
+            "linphonec will not answer by itself: {mode}"
+        );
+        phone
+    }
+
+    /// Where linphone records what it hears.
+    fn heard(&self) -> PathBuf {
+        self.home.path().join("heard.wav")
+    }
+
+    /// A linphonec command, as typed at its prompt; returns its answer.
+    fn command(&self, command: &str) -> String {
+        self.sh(&["generic", command])
+    }
+
+    fn sh(&self, args: &[&str]) -> String {
+        let out = Command::new("linphonecsh")
+            .args(args)
+            .env("HOME", self.home.path())
+            .output()
+            .expect(
+                "linphonecsh runs (Debian package linphone-cli; scripts/setup.sh test installs it)",
+            );
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    }
+}
+
+impl Drop for Linphone {
+    fn drop(&mut self) {
+        self.sh(&["exit"]);
+    }
+}
+
+/// A baresip phone as `user` (PCMU at 8 kHz, recording what it hears).
+fn baresip(user: &str, password: &str, sip_port: u16, mic: &Path) -> Baresip {
+    Baresip::new_as(
+        user,
+        sip_port,
+        mic,
+        Options {
+            password,
+            codec: "PCMU",
+            rate: 8000,
+            record: true,
+            console: false,
+        },
+    )
+}
+
+/// Asserts a phone's recording has `freq` in it, loud and clean.
+fn assert_heard(who: &str, wav: &Path, freq: f32, context: &str) {
+    let (share, level) = loudest_share(wav, freq);
+    assert!(
+        level > 0.03 && share > 0.5,
+        "{who} did not hear {freq} Hz: share {share:.2}, rms {level:.3}\n{context}"
+    );
+}
+
+#[test]
+fn baresip_calls_linphone_and_each_hears_the_other() {
+    let (data, sip_port, server) = switch();
+    let mics = tempfile::tempdir().unwrap();
+    // linphone (1001) talks longer than baresip, whose hang-up ends the call.
+    let linphone_mic = mics.path().join("linphone.wav");
+    write_tone(&linphone_mic, 8000, 1200.0, 10.0, 0.0);
+    let linphone = Linphone::start(data.path(), sip_port, "1001", "secret-1001", &linphone_mic);
+
+    let baresip_mic = mics.path().join("baresip.wav");
+    write_tone(&baresip_mic, 8000, 500.0, 4.0, 1.0);
+    let caller = baresip("1000", "secret-1000", sip_port, &baresip_mic);
+    // baresip hangs up when its WAV ends (5 s) and quits after 9.
+    let caller_log = caller.call("1001", 9);
+    let lines = server.wait_for("call to 1001 over");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("call to 1001 from 1000 answered")),
+        "linphone never answered: {lines:#?}"
+    );
+    server.terminate();
+
+    // linphone closed its recording when the call ended.
+    let context = format!("{lines:#?}");
+    assert_heard(
+        "baresip (1000)",
+        &caller.heard(&caller_log),
+        1200.0,
+        &context,
+    );
+    assert_heard("linphone (1001)", &linphone.heard(), 500.0, &context);
+}
+
+#[test]
+fn linphone_calls_baresip_and_each_hears_the_other() {
+    let (data, sip_port, server) = switch();
+    let mics = tempfile::tempdir().unwrap();
+    // baresip (1001) answers by itself, and hangs up when its WAV ends (5 s), which
+    // ends the call; linphone talks longer.
+    let baresip_mic = mics.path().join("baresip.wav");
+    write_tone(&baresip_mic, 8000, 1500.0, 4.0, 1.0);
+    let callee = baresip("1001", "secret-1001", sip_port, &baresip_mic);
+    let callee_run = callee
+        .wait_for_calls(30)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
+    wait_saved_registration(data.path(), "\"1001\"");
+
+    let linphone_mic = mics.path().join("linphone.wav");
+    write_tone(&linphone_mic, 8000, 700.0, 10.0, 0.0);
+    let linphone = Linphone::start(data.path(), sip_port, "1000", "secret-1000", &linphone_mic);
+    let dialled = linphone.command(&format!("call sip:1001@127.0.0.1:{sip_port}"));
+    let lines = server.wait_for("call to 1001 over");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("call to 1001 from 1000 answered")),
+        "baresip never answered linphone's call ({dialled}): {lines:#?}"
+    );
+    // The call is over: baresip has closed its recording; it can go.
+    let pid = callee_run.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = callee_run.wait_with_output().unwrap();
+    let callee_log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        callee_log.contains("Call established"),
+        "baresip never answered:\n{callee_log}"
+    );
+    server.terminate();
+
+    let context = format!("{lines:#?}");
+    assert_heard("linphone (1000)", &linphone.heard(), 1500.0, &context);
+    assert_heard(
+        "baresip (1001)",
+        &callee.heard(&callee_log),
+        700.0,
+        &context,
+    );
+}
