@@ -44,6 +44,11 @@ pub enum FramingError {
 pub struct StreamFramer {
     buf: Vec<u8>,
     max_message_size: usize,
+    /// How much of `buf` is known to hold no end of the header section: a peer
+    /// dripping bytes must not make every `pop` rescan the whole buffer.
+    scanned: usize,
+    /// Length of the message at the front of `buf` once its header section is in.
+    total: Option<usize>,
 }
 
 impl StreamFramer {
@@ -51,6 +56,8 @@ impl StreamFramer {
         Self {
             buf: Vec::new(),
             max_message_size,
+            scanned: 0,
+            total: None,
         }
     }
 
@@ -69,11 +76,11 @@ impl StreamFramer {
         // 7.5 says to ignore before a start line) is skipped.
         loop {
             if self.buf.starts_with(b"\r\n\r\n") {
-                self.buf.drain(..4);
+                self.discard(4);
                 return Ok(Some(Frame::Ping));
             }
             if self.buf.starts_with(b"\r\n") && self.buf.len() >= 4 {
-                self.buf.drain(..2);
+                self.discard(2);
                 continue;
             }
             if self.buf == b"\r\n" || self.buf == b"\r\n\r" || self.buf == b"\r" {
@@ -81,42 +88,60 @@ impl StreamFramer {
                 return Ok(None);
             }
             if self.buf.first() == Some(&b'\n') {
-                self.buf.drain(..1);
+                self.discard(1);
                 continue;
             }
             break;
         }
-        let Some(head_end) = find(&self.buf, b"\r\n\r\n") else {
-            if self.buf.len() > self.max_message_size {
-                return Err(FramingError::MessageTooLarge {
-                    limit: self.max_message_size,
-                    headers: None,
-                });
+        let total = match self.total {
+            Some(total) => total,
+            None => {
+                // Only bytes that arrived since the last look can complete a CRLFCRLF.
+                let from = self.scanned.saturating_sub(3);
+                let Some(head_end) = find(&self.buf[from..], b"\r\n\r\n").map(|i| from + i) else {
+                    self.scanned = self.buf.len();
+                    if self.buf.len() > self.max_message_size {
+                        return Err(FramingError::MessageTooLarge {
+                            limit: self.max_message_size,
+                            headers: None,
+                        });
+                    }
+                    return Ok(None);
+                };
+                let body_start = head_end + 4;
+                let headers = &self.buf[..body_start];
+                let content_length = match content_length(headers) {
+                    Ok(len) => len,
+                    Err(()) => {
+                        return Err(FramingError::BadContentLength {
+                            headers: headers.to_vec(),
+                        })
+                    }
+                };
+                let total = body_start.saturating_add(content_length);
+                if total > self.max_message_size {
+                    return Err(FramingError::MessageTooLarge {
+                        limit: self.max_message_size,
+                        headers: Some(headers.to_vec()),
+                    });
+                }
+                self.total = Some(total);
+                total
             }
-            return Ok(None);
         };
-        let body_start = head_end + 4;
-        let headers = &self.buf[..body_start];
-        let content_length = match content_length(headers) {
-            Ok(len) => len,
-            Err(()) => {
-                return Err(FramingError::BadContentLength {
-                    headers: headers.to_vec(),
-                })
-            }
-        };
-        let total = body_start.saturating_add(content_length);
-        if total > self.max_message_size {
-            return Err(FramingError::MessageTooLarge {
-                limit: self.max_message_size,
-                headers: Some(headers.to_vec()),
-            });
-        }
         if self.buf.len() < total {
             return Ok(None);
         }
         let message: Vec<u8> = self.buf.drain(..total).collect();
+        self.scanned = 0;
+        self.total = None;
         Ok(Some(Frame::Message(message)))
+    }
+
+    fn discard(&mut self, n: usize) {
+        self.buf.drain(..n);
+        self.scanned = 0;
+        self.total = None;
     }
 }
 
