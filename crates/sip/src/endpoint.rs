@@ -1313,12 +1313,8 @@ impl Endpoint {
             .as_sip()
             .and_then(|u| u.user_decoded())
             .unwrap_or_default();
-        // Admission first, before any work is spent on the request.
-        if self.calls.len() >= self.config.max_calls {
-            self.stats.max_calls_rejects += 1;
-            self.respond_stateless(key, &req, 503, &[("Retry-After", "5".to_string())]);
-            return;
-        }
+        // Admission after the challenge: the challenge is stateless and cheap, and a
+        // caller is told "try later" only once it has shown it may call at all.
         let authenticated_user = if self.config.auth_invite {
             match self.authenticate(now, key, &req, source, &from_user) {
                 Some(u) => Some(u),
@@ -1327,6 +1323,11 @@ impl Endpoint {
         } else {
             None
         };
+        if self.calls.len() >= self.config.max_calls {
+            self.stats.max_calls_rejects += 1;
+            self.respond_stateless(key, &req, 503, &[("Retry-After", "5".to_string())]);
+            return;
+        }
         if let Some(user) = &authenticated_user {
             let of_user = self
                 .calls
