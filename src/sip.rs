@@ -40,6 +40,10 @@ const INBOX_DEPTH: usize = 4096;
 /// Longest a TCP connection may hold a partial message (slowloris): a phone sends a
 /// whole message at once, in a few segments at most.
 const PARTIAL_MESSAGE_LIMIT: Duration = Duration::from_secs(30);
+/// Longest a new connection may stay silent before its first message: a phone
+/// registers as soon as it connects, while idle connections opened to fill the
+/// connection cap would otherwise hold their place for the whole idle timeout.
+const FIRST_MESSAGE_LIMIT: Duration = Duration::from_secs(10);
 /// Datagrams handled per wake-up before the responses go out and other input (TCP,
 /// commands, timers) gets its turn.
 const UDP_BATCH: usize = 64;
@@ -212,6 +216,12 @@ pub fn start(
             Arc::clone(&metrics),
         ));
     }
+    // Bindings restored from disk count from the start, not from the next REGISTER.
+    let restored = endpoint
+        .registrar_snapshot(Instant::now(), unix_now())
+        .bindings
+        .len();
+    metrics.registrations.set(restored as i64);
     let task = EndpointTask {
         endpoint,
         udp,
@@ -842,13 +852,19 @@ async fn stream_connection<S>(
     let mut buf = vec![0u8; 16 * 1024];
     // When the partial message now buffered started arriving.
     let mut partial_since: Option<tokio::time::Instant> = None;
+    let opened = tokio::time::Instant::now();
+    let mut seen_message = false;
     'read: loop {
-        // Idle connections are closed after `idle`; a message begun but not finished
-        // gets at most PARTIAL_MESSAGE_LIMIT, however slowly its bytes trickle in.
-        let limit = match partial_since {
-            Some(since) => (since + PARTIAL_MESSAGE_LIMIT).min(tokio::time::Instant::now() + idle),
-            None => tokio::time::Instant::now() + idle,
-        };
+        // Idle connections are closed after `idle` (before their first message, after
+        // FIRST_MESSAGE_LIMIT); a message begun but not finished gets at most
+        // PARTIAL_MESSAGE_LIMIT, however slowly its bytes trickle in.
+        let mut limit = tokio::time::Instant::now() + idle;
+        if !seen_message {
+            limit = limit.min(opened + FIRST_MESSAGE_LIMIT);
+        }
+        if let Some(since) = partial_since {
+            limit = limit.min(since + PARTIAL_MESSAGE_LIMIT);
+        }
         let n = match tokio::time::timeout_at(limit, reader.read(&mut buf)).await {
             Ok(Ok(0) | Err(_)) => break,
             Ok(Ok(n)) => n,
@@ -861,6 +877,7 @@ async fn stream_connection<S>(
         loop {
             match framer.pop() {
                 Ok(Some(Frame::Message(bytes))) => {
+                    seen_message = true;
                     let input = Input::StreamMessage {
                         source: peer,
                         transport,
