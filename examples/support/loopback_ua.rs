@@ -57,6 +57,21 @@ impl Ua {
     /// Calls `extension` offering PCMU (and telephone-event) on `rtp_port`; `None` when
     /// the call is not answered with 200.
     pub async fn call(&self, index: usize, extension: &str, rtp_port: u16) -> Option<Dialog> {
+        self.call_offering(index, extension, rtp_port, 0, "PCMU/8000")
+            .await
+    }
+
+    /// Calls `extension` offering one codec, `payload_type` with `rtpmap` (e.g. 8 and
+    /// "PCMA/8000"), and telephone-event on `rtp_port`; `None` when the call is not
+    /// answered with 200.
+    pub async fn call_offering(
+        &self,
+        index: usize,
+        extension: &str,
+        rtp_port: u16,
+        payload_type: u8,
+        rtpmap: &str,
+    ) -> Option<Dialog> {
         let mut dialog = Dialog {
             call_id: format!("load-{index}-{}-{extension}", std::process::id()),
             index,
@@ -66,7 +81,7 @@ impl Ua {
         };
         let sdp = format!(
             "v=0\r\no=- {index} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+             m=audio {rtp_port} RTP/AVP {payload_type} 101\r\na=rtpmap:{payload_type} {rtpmap}\r\na=rtpmap:101 telephone-event/8000\r\n\
              a=ptime:20\r\na=sendrecv\r\n"
         );
         let invite = format!(
