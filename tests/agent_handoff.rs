@@ -11,7 +11,6 @@ mod voice_support;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use agent_support::{transcribe, whisper, ONE_CALL_AT_A_TIME, PHONE_RATE};
 use common::baresip::{Baresip, Options};
@@ -37,18 +36,6 @@ fn tone(rate: u32, freq: f32, seconds: f32) -> Vec<f32> {
     (0..(rate as f32 * seconds) as usize)
         .map(|i| (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3)
         .collect()
-}
-
-fn wait_registered(data: &Path, user: &str) {
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        let saved = std::fs::read_to_string(data.join("registrations.json")).unwrap_or_default();
-        if saved.contains(&format!("\"{user}\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{user} did not register");
 }
 
 /// The share of `freq` in `audio[from..to]` seconds (at `rate`).
@@ -96,7 +83,7 @@ fn asking_for_a_person_connects_the_caller_to_the_handoff_extension() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("baresip runs");
-    wait_registered(data.path(), "1001");
+    common::wait_saved_registration(data.path(), "\"1001\"");
 
     // The caller: greeting, the request, time to hear "connecting" and be put through,
     // then 500 Hz for 5 s, then hang up.

@@ -9,28 +9,12 @@ mod voice_support;
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::baresip::{Baresip, Options};
 use common::{assert_sipp_ok, call_args, free_port, sipp, tone_share, Server};
-use voice_support::audio::{read_wav, write_wav};
+use voice_support::audio::{read_wav, write_tone_wav};
 
 const USERS: &str = "1000:secret-1000,1001:secret-1001";
-
-fn write_tone(path: &Path, rate: u32, freq: f32, seconds: f32, silence: f32) {
-    let tone = (rate as f32 * seconds) as usize;
-    let total = tone + (rate as f32 * silence) as usize;
-    let samples: Vec<f32> = (0..total)
-        .map(|i| {
-            if i < tone {
-                (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    write_wav(path, rate, &samples);
-}
 
 /// The share of `freq` in the loudest half second of what a phone recorded.
 fn loudest_share(wav: &Path, freq: f32) -> (f32, f32) {
@@ -50,19 +34,6 @@ fn loudest_share(wav: &Path, freq: f32) -> (f32, f32) {
     (tone_share(slice, rate, freq), level)
 }
 
-/// Waits until `user` is in the switch's saved registrations.
-fn wait_registered(data: &Path, user: &str) {
-    let until = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < until {
-        let saved = std::fs::read_to_string(data.join("registrations.json")).unwrap_or_default();
-        if saved.contains(&format!("\"{user}\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{user} did not register");
-}
-
 fn phone_to_phone(caller_codec: &str, caller_rate: u32, callee_codec: &str, callee_rate: u32) {
     let data = tempfile::tempdir().unwrap();
     let mics = tempfile::tempdir().unwrap();
@@ -72,7 +43,7 @@ fn phone_to_phone(caller_codec: &str, caller_rate: u32, callee_codec: &str, call
 
     // The callee talks longer than the caller, so the caller's hang-up ends the call.
     let callee_mic = mics.path().join("callee.wav");
-    write_tone(&callee_mic, callee_rate, 1200.0, 8.0, 2.0);
+    write_tone_wav(&callee_mic, callee_rate, 1200.0, 8.0, 2.0);
     let callee = Baresip::new_as(
         "1001",
         sip_port,
@@ -91,10 +62,10 @@ fn phone_to_phone(caller_codec: &str, caller_rate: u32, callee_codec: &str, call
         .stderr(Stdio::piped())
         .spawn()
         .expect("baresip runs");
-    wait_registered(data.path(), "1001");
+    common::wait_saved_registration(data.path(), "\"1001\"");
 
     let caller_mic = mics.path().join("caller.wav");
-    write_tone(&caller_mic, caller_rate, 500.0, 4.0, 1.0);
+    write_tone_wav(&caller_mic, caller_rate, 500.0, 4.0, 1.0);
     let caller = Baresip::new_as(
         "1000",
         sip_port,

@@ -19,7 +19,7 @@ use common::{
     assert_sipp_ok, call_args, free_port, sipp, sipp_spawn, tone_share, wait_saved_registration,
     Server,
 };
-use voice_support::audio::{read_wav, write_wav};
+use voice_support::audio::{read_wav, write_tone_wav};
 
 const USERS: &str = "1000:secret-1000,1001:secret-1001";
 
@@ -246,22 +246,6 @@ fn of_two_phones_ringing_the_one_that_answers_gets_the_call_and_the_other_a_canc
     server.terminate();
 }
 
-/// `freq` Hz for `seconds` at `rate`, then `silence` seconds, as a mono WAV.
-fn write_tone(path: &Path, rate: u32, freq: f32, seconds: f32, silence: f32) {
-    let tone = (rate as f32 * seconds) as usize;
-    let total = tone + (rate as f32 * silence) as usize;
-    let samples: Vec<f32> = (0..total)
-        .map(|i| {
-            if i < tone {
-                (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    write_wav(path, rate, &samples);
-}
-
 /// The share of `freq` in the loudest half second of what a phone recorded, and that
 /// half second's level (RMS).
 fn loudest_share(wav: &Path, freq: f32) -> (f32, f32) {
@@ -387,11 +371,11 @@ fn baresip_calls_linphone_and_each_hears_the_other() {
     let mics = tempfile::tempdir().unwrap();
     // linphone (1001) talks longer than baresip, whose hang-up ends the call.
     let linphone_mic = mics.path().join("linphone.wav");
-    write_tone(&linphone_mic, 8000, 1200.0, 10.0, 0.0);
+    write_tone_wav(&linphone_mic, 8000, 1200.0, 10.0, 0.0);
     let linphone = Linphone::start(data.path(), sip_port, "1001", "secret-1001", &linphone_mic);
 
     let baresip_mic = mics.path().join("baresip.wav");
-    write_tone(&baresip_mic, 8000, 500.0, 4.0, 1.0);
+    write_tone_wav(&baresip_mic, 8000, 500.0, 4.0, 1.0);
     let caller = baresip("1000", "secret-1000", sip_port, &baresip_mic);
     // baresip hangs up when its WAV ends (5 s) and quits after 9.
     let caller_log = caller.call("1001", 9);
@@ -422,7 +406,7 @@ fn linphone_calls_baresip_and_each_hears_the_other() {
     // baresip (1001) answers by itself, and hangs up when its WAV ends (5 s), which
     // ends the call; linphone talks longer.
     let baresip_mic = mics.path().join("baresip.wav");
-    write_tone(&baresip_mic, 8000, 1500.0, 4.0, 1.0);
+    write_tone_wav(&baresip_mic, 8000, 1500.0, 4.0, 1.0);
     let callee = baresip("1001", "secret-1001", sip_port, &baresip_mic);
     let callee_run = callee
         .wait_for_calls(30)
@@ -433,7 +417,7 @@ fn linphone_calls_baresip_and_each_hears_the_other() {
     wait_saved_registration(data.path(), "\"1001\"");
 
     let linphone_mic = mics.path().join("linphone.wav");
-    write_tone(&linphone_mic, 8000, 700.0, 10.0, 0.0);
+    write_tone_wav(&linphone_mic, 8000, 700.0, 10.0, 0.0);
     let linphone = Linphone::start(data.path(), sip_port, "1000", "secret-1000", &linphone_mic);
     let dialled = linphone.command(&format!("call sip:1001@127.0.0.1:{sip_port}"));
     let lines = server.wait_for("call to 1001 over");

@@ -10,25 +10,9 @@ use std::process::Command;
 
 use common::baresip::{Baresip, Options};
 use common::{free_port, tone_share, Server};
-use voice_support::audio::{read_wav, write_wav};
+use voice_support::audio::{read_wav, write_tone_wav};
 
 const PASSWORD: &str = "baresip-secret";
-
-/// A mono 16-bit WAV of `seconds` of `freq` Hz at `rate`, then `silence` seconds.
-fn write_tone_wav(path: &Path, rate: u32, freq: f32, seconds: f32, silence: f32) {
-    let tone = (rate as f32 * seconds) as usize;
-    let total = tone + (rate as f32 * silence) as usize;
-    let samples: Vec<f32> = (0..total)
-        .map(|i| {
-            if i < tone {
-                (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    write_wav(path, rate, &samples);
-}
 
 /// Runs baresip for one call to `extension` with the given codec, returns what it
 /// recorded hearing (mono, at its rate) and the server's log.

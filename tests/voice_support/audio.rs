@@ -66,6 +66,23 @@ pub fn read_wav(bytes: &[u8]) -> (Vec<f32>, u32) {
 }
 
 /// Writes mono samples as a 16-bit PCM WAV at `rate`.
+/// `freq` Hz at amplitude 0.3 for `seconds` at `rate`, then `silence` seconds of
+/// silence, as a mono WAV: a phone's microphone in the softphone tests.
+pub fn write_tone_wav(path: &Path, rate: u32, freq: f32, seconds: f32, silence: f32) {
+    let tone = (rate as f32 * seconds) as usize;
+    let total = tone + (rate as f32 * silence) as usize;
+    let samples: Vec<f32> = (0..total)
+        .map(|i| {
+            if i < tone {
+                (2.0 * std::f32::consts::PI * freq * i as f32 / rate as f32).sin() * 0.3
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    write_wav(path, rate, &samples);
+}
+
 pub fn write_wav(path: &Path, rate: u32, samples: &[f32]) {
     let data_len = (samples.len() * 2) as u32;
     let mut bytes = Vec::with_capacity(44 + data_len as usize);
