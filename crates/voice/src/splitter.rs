@@ -1,5 +1,7 @@
 //! Splits streamed reply text into sentences, so speech can start as soon as the first
-//! sentence is complete rather than when the whole reply has arrived.
+//! sentence is complete rather than when the whole reply has arrived. With
+//! [`SentenceSplitter::with_first_clause`] the first piece may end at a clause ("Of
+//! course I can, ..."): it is synthesized and playing while the rest is synthesized.
 
 /// Abbreviations whose full stop does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
@@ -11,14 +13,32 @@ const ABBREVIATIONS: &[&str] = &[
 /// unpunctuated run does not hold back the first audio.
 const MAX_SENTENCE: usize = 220;
 
+/// Words a first clause needs before it is cut off on its own. Fewer makes a clip so
+/// short that the next one may not be synthesized by the time it has played (Piper runs
+/// at about 0.15 real time here: a 3-word clause plays for ~0.8 s, long enough to
+/// synthesize a 5 s sentence behind it).
+const MIN_FIRST_CLAUSE_WORDS: usize = 3;
+
 #[derive(Debug, Default, Clone)]
 pub struct SentenceSplitter {
     pending: String,
+    /// The next piece may end at a clause mark (only the reply's first piece does).
+    first_clause: bool,
 }
 
 impl SentenceSplitter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A splitter whose first piece ends at the first clause mark (`,` `;` `:` `—`
+    /// before a space) once it has [`MIN_FIRST_CLAUSE_WORDS`] words: what the caller
+    /// hears first is then ready after a fraction of the sentence's synthesis time.
+    pub fn with_first_clause() -> Self {
+        Self {
+            pending: String::new(),
+            first_clause: true,
+        }
     }
 
     /// Adds a chunk of text; returns the sentences it completed, trimmed, in order.
@@ -31,6 +51,7 @@ impl SentenceSplitter {
             let sentence = sentence.trim();
             if !sentence.is_empty() {
                 out.push(sentence.to_string());
+                self.first_clause = false;
             }
         }
         out
@@ -52,6 +73,15 @@ impl SentenceSplitter {
         for (i, &(pos, c)) in chars.iter().enumerate() {
             if c == '\n' {
                 return Some(pos + 1);
+            }
+            if self.first_clause && matches!(c, ',' | ';' | ':' | '—') {
+                // "1,000" is not a clause: the mark must be followed by a space.
+                let next = chars.get(i + 1).map(|&(_, n)| n);
+                let words = text[..pos].split_whitespace().count();
+                if next.is_some_and(char::is_whitespace) && words >= MIN_FIRST_CLAUSE_WORDS {
+                    return Some(pos + c.len_utf8());
+                }
+                continue;
             }
             if !matches!(c, '.' | '!' | '?' | '…') {
                 continue;
@@ -146,6 +176,37 @@ mod tests {
         assert!(s.push("Wait.").is_empty());
         assert_eq!(s.push(" Go"), ["Wait."]);
         assert_eq!(s.finish().as_deref(), Some("Go"));
+    }
+
+    #[test]
+    fn the_first_clause_goes_ahead_and_the_rest_stays_whole() {
+        let mut s = SentenceSplitter::with_first_clause();
+        let mut got: Vec<String> = [
+            "Of course, I have",
+            " noted it, see",
+            " you on Friday, bye. Later, then.",
+        ]
+        .iter()
+        .flat_map(|c| s.push(c))
+        .collect();
+        got.extend(s.finish());
+        // "Of course," is too short to go alone; "Of course, I have noted it," is not.
+        assert_eq!(
+            got,
+            [
+                "Of course, I have noted it,",
+                "see you on Friday, bye.",
+                "Later, then."
+            ]
+        );
+    }
+
+    #[test]
+    fn a_first_clause_needs_a_space_after_its_mark() {
+        let mut s = SentenceSplitter::with_first_clause();
+        assert!(s.push("That costs 1,000 dollars").is_empty());
+        assert_eq!(s.push(" today. Yes"), ["That costs 1,000 dollars today."]);
+        assert_eq!(s.finish().as_deref(), Some("Yes"));
     }
 
     #[test]
