@@ -118,11 +118,36 @@ impl Dialog {
 
     /// Builds an in-dialog request (RFC 3261 12.2.1.1) with a fresh CSeq.
     pub fn build_request(&mut self, method: Method, via: &str, user_agent: &str) -> Vec<u8> {
+        self.build_request_with(method, via, user_agent, &[], None)
+    }
+
+    /// As [`Dialog::build_request`], with extra header lines (a re-INVITE's Contact, a
+    /// NOTIFY's Event) and a body given as (Content-Type, bytes).
+    pub fn build_request_with(
+        &mut self,
+        method: Method,
+        via: &str,
+        user_agent: &str,
+        extra: &[(&str, String)],
+        body: Option<(&str, &[u8])>,
+    ) -> Vec<u8> {
         self.local_cseq = self.local_cseq.wrapping_add(1) & 0x7fff_ffff;
-        self.build(method, self.local_cseq, via, user_agent)
+        self.build_with(method, self.local_cseq, via, user_agent, extra, body)
     }
 
     fn build(&self, method: Method, cseq: u32, via: &str, user_agent: &str) -> Vec<u8> {
+        self.build_with(method, cseq, via, user_agent, &[], None)
+    }
+
+    fn build_with(
+        &self,
+        method: Method,
+        cseq: u32,
+        via: &str,
+        user_agent: &str,
+        extra: &[(&str, String)],
+        body: Option<(&str, &[u8])>,
+    ) -> Vec<u8> {
         let mut s = String::with_capacity(512);
         let _ = write!(s, "{method} {} SIP/2.0\r\n", self.remote_target);
         let _ = write!(s, "Via: {via}\r\n");
@@ -135,8 +160,25 @@ impl Dialog {
             let _ = write!(s, "Route: {r}\r\n");
         }
         let _ = write!(s, "User-Agent: {user_agent}\r\n");
-        s.push_str("Content-Length: 0\r\n\r\n");
-        s.into_bytes()
+        for (name, value) in extra {
+            let _ = write!(s, "{name}: {value}\r\n");
+        }
+        match body {
+            Some((content_type, bytes)) => {
+                let _ = write!(
+                    s,
+                    "Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                    bytes.len()
+                );
+                let mut out = s.into_bytes();
+                out.extend_from_slice(bytes);
+                out
+            }
+            None => {
+                s.push_str("Content-Length: 0\r\n\r\n");
+                s.into_bytes()
+            }
+        }
     }
 }
 
@@ -167,4 +209,7 @@ pub struct Call {
     pub hangup_after_ack: bool,
     /// The digest user that authenticated the INVITE, for the per-caller call limit.
     pub caller: Option<String>,
+    /// Whether we chose the Call-ID (we placed the call): RFC 3261 14.1's wait after a
+    /// 491 depends on it.
+    pub call_id_owner: bool,
 }

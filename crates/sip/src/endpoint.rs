@@ -34,7 +34,9 @@ use crate::transaction::{
 use crate::uri::{Uri, Via, BRANCH_MAGIC_COOKIE};
 
 mod outgoing;
+mod reinvite;
 pub use outgoing::OutgoingInvite;
+pub use reinvite::glare_wait;
 
 /// Methods this endpoint implements, for Allow (RFC 3261 20.5).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, SUBSCRIBE";
@@ -228,6 +230,18 @@ pub enum Event {
         call: CallHandle,
         status: u16,
     },
+    /// Our re-INVITE ([`Endpoint::reinvite`]) was answered; the ACK is sent. The body is
+    /// the peer's SDP answer.
+    ReInviteAnswered {
+        call: CallHandle,
+        body: Option<Body>,
+    },
+    /// Our re-INVITE got a final 300-699 (a 491 only once the peer's own re-INVITE,
+    /// answered meanwhile, replaced ours), or no answer (408). The dialog goes on.
+    ReInviteFailed {
+        call: CallHandle,
+        status: u16,
+    },
 }
 
 /// Why a call command was refused.
@@ -241,6 +255,10 @@ pub enum CallError {
     BadStatus(u16),
     #[error("request URI is not a SIP URI")]
     BadUri,
+    #[error("the dialog is not confirmed yet")]
+    NotConfirmed,
+    #[error("a re-INVITE of ours is already under way on this call")]
+    InviteInProgress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -249,6 +267,10 @@ enum TimerTarget {
     Client(String),
     /// An INVITE client transaction, by branch.
     Invite(String),
+    /// A re-INVITE client transaction, by branch.
+    ReInvite(String),
+    /// The end of the wait after a 491 to our re-INVITE of this call (RFC 3261 14.1).
+    ReInviteRetry(CallHandle),
     /// The longest an INVITE (this server transaction of this call) may wait for the
     /// application's answer.
     Answer(CallHandle, String),
@@ -314,6 +336,9 @@ pub struct Endpoint {
     /// answered or fails.
     outgoing: HashMap<String, outgoing::Outgoing>,
     outgoing_calls: HashMap<CallHandle, String>,
+    /// Our re-INVITEs: per call, and their client transactions by branch.
+    reinvites: HashMap<CallHandle, reinvite::ReInvite>,
+    reinvite_txs: HashMap<String, reinvite::ReInviteTx>,
     calls: HashMap<CallHandle, Call>,
     dialogs: HashMap<DialogKey, CallHandle>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
@@ -402,6 +427,8 @@ impl Endpoint {
             client_txs: HashMap::new(),
             outgoing: HashMap::new(),
             outgoing_calls: HashMap::new(),
+            reinvites: HashMap::new(),
+            reinvite_txs: HashMap::new(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -500,6 +527,8 @@ impl Endpoint {
                 TimerTarget::Client(branch) => self.fire_client_timer(now, &branch),
                 TimerTarget::Answer(call, key) => self.fire_answer_timer(now, call, &key),
                 TimerTarget::Invite(branch) => self.fire_invite_timer(now, &branch),
+                TimerTarget::ReInvite(branch) => self.fire_reinvite_timer(now, &branch),
+                TimerTarget::ReInviteRetry(call) => self.send_reinvite(now, call),
             }
         }
         if now >= self.housekeeping_at {
@@ -628,6 +657,8 @@ impl Endpoint {
         self.respond(now, &key, &req, status, Some(&tag), &extra, None);
         if initial {
             self.end_call(call, EndReason::Rejected(status));
+        } else {
+            self.send_reinvite(now, call);
         }
         Ok(())
     }
@@ -944,6 +975,8 @@ impl Endpoint {
         if initial {
             self.remove_call(handle);
             self.events.push_back(Event::CallCancelled { call: handle });
+        } else {
+            self.send_reinvite(now, handle);
         }
     }
 
@@ -981,6 +1014,9 @@ impl Endpoint {
         }
         if hangup {
             self.send_bye(now, handle, EndReason::LocalHangup);
+        } else {
+            // The peer's INVITE transaction is over: a re-INVITE of ours may go.
+            self.send_reinvite(now, handle);
         }
     }
 
@@ -1034,8 +1070,13 @@ impl Endpoint {
             }
             Method::Invite => {
                 // RFC 3261 14.2: an INVITE while another INVITE transaction of this dialog
-                // is in progress gets 491 (as PJSIP does also while our 2xx awaits ACK).
-                if call.progress != InviteProgress::Idle {
+                // is in progress gets 491 (as PJSIP does also while our 2xx awaits ACK),
+                // ours included.
+                let ours_in_flight = self.reinvite_in_flight(handle);
+                let Some(call) = self.calls.get_mut(&handle) else {
+                    return;
+                };
+                if call.progress != InviteProgress::Idle || ours_in_flight {
                     self.respond(
                         now,
                         key,
@@ -1059,6 +1100,8 @@ impl Endpoint {
                 if let Some(tx) = self.server_txs.get_mut(key) {
                     tx.call = Some(handle);
                 }
+                // Ours, if it waits out a 491, is replaced by this one (14.1).
+                self.supersede_reinvite(handle);
                 self.push_timer(
                     now + self.config.max_ringing,
                     TimerTarget::Answer(handle, key.to_string()),
@@ -1383,6 +1426,7 @@ impl Endpoint {
                 initial: true,
                 hangup_after_ack: false,
                 caller: event.authenticated_user.clone(),
+                call_id_owner: false,
             },
         );
         self.push_timer(
@@ -1404,6 +1448,10 @@ impl Endpoint {
         // RFC 3261 17.1.3: a response matches by branch and CSeq method (a CANCEL shares
         // its INVITE's branch).
         match resp.cseq.method {
+            Method::Invite if self.is_reinvite_branch(&branch) => {
+                self.handle_reinvite_response(now, &branch, resp);
+                return;
+            }
             Method::Invite => {
                 self.handle_invite_response(now, &branch, resp);
                 return;
@@ -1660,6 +1708,7 @@ impl Endpoint {
     }
 
     fn remove_call(&mut self, handle: CallHandle) -> bool {
+        self.reinvites.remove(&handle);
         match self.calls.remove(&handle) {
             Some(call) => {
                 self.dialogs.remove(&call.dialog.key);

@@ -42,33 +42,6 @@ fn place(ep: &mut Endpoint, now: Instant, destination: &str) -> (CallHandle, Req
     (call, request(&sent[0]))
 }
 
-/// A response from the phone to `req`, with `to_tag` and extra header lines.
-fn reply(req: &Request, status: u16, to_tag: Option<&str>, extra: &[&str], body: &[u8]) -> Vec<u8> {
-    let mut s = format!("SIP/2.0 {status} Whatever\r\n");
-    for v in req.headers.all("Via") {
-        s.push_str(&format!("Via: {v}\r\n"));
-    }
-    s.push_str(&format!("From: {}\r\n", req.headers.first("From").unwrap()));
-    let to = req.headers.first("To").unwrap();
-    match to_tag {
-        Some(tag) => s.push_str(&format!("To: {to};tag={tag}\r\n")),
-        None => s.push_str(&format!("To: {to}\r\n")),
-    }
-    s.push_str(&format!("Call-ID: {}\r\n", req.call_id));
-    s.push_str(&format!("CSeq: {} {}\r\n", req.cseq.seq, req.cseq.method));
-    for e in extra {
-        s.push_str(e);
-        s.push_str("\r\n");
-    }
-    if !body.is_empty() {
-        s.push_str("Content-Type: application/sdp\r\n");
-    }
-    s.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut b = s.into_bytes();
-    b.extend_from_slice(body);
-    b
-}
-
 fn from_phone(ep: &mut Endpoint, now: Instant, bytes: &[u8]) -> Vec<Request> {
     ep.handle_datagram(now, addr(PHONE), Transport::Udp, bytes);
     drain(ep)

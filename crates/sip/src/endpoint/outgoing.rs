@@ -292,6 +292,7 @@ impl Endpoint {
                 initial: false,
                 hangup_after_ack: false,
                 caller: None,
+                call_id_owner: true,
             },
         );
         if cancelled {
@@ -347,7 +348,7 @@ impl Endpoint {
     }
 }
 
-fn response_body(resp: &Response) -> Option<Body> {
+pub(super) fn response_body(resp: &Response) -> Option<Body> {
     (!resp.body.is_empty()).then(|| Body {
         content_type: resp
             .headers
@@ -360,7 +361,7 @@ fn response_body(resp: &Response) -> Option<Body> {
 
 /// The ACK of a 300-699 (RFC 3261 17.1.1.3): the INVITE's Request-URI, top Via,
 /// From, Call-ID and CSeq number, and the response's To (with its tag).
-fn non_2xx_ack(invite: &Request, resp: &Response, user_agent: &str) -> Vec<u8> {
+pub(super) fn non_2xx_ack(invite: &Request, resp: &Response, user_agent: &str) -> Vec<u8> {
     let mut s = String::with_capacity(400);
     let _ = write!(s, "ACK {} SIP/2.0\r\n", invite.uri);
     if let Some(v) = invite.headers.first("Via") {

@@ -98,6 +98,40 @@ pub fn run_until(
     out
 }
 
+/// A response from a called phone to `req`, with `to_tag` (added unless the request
+/// already has one) and extra header lines.
+pub fn reply(
+    req: &sofia_sip::Request,
+    status: u16,
+    to_tag: Option<&str>,
+    extra: &[&str],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut s = format!("SIP/2.0 {status} Whatever\r\n");
+    for v in req.headers.all("Via") {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    s.push_str(&format!("From: {}\r\n", req.headers.first("From").unwrap()));
+    let to = req.headers.first("To").unwrap();
+    match to_tag {
+        Some(tag) if req.to.tag().is_none() => s.push_str(&format!("To: {to};tag={tag}\r\n")),
+        _ => s.push_str(&format!("To: {to}\r\n")),
+    }
+    s.push_str(&format!("Call-ID: {}\r\n", req.call_id));
+    s.push_str(&format!("CSeq: {} {}\r\n", req.cseq.seq, req.cseq.method));
+    for e in extra {
+        s.push_str(e);
+        s.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        s.push_str("Content-Type: application/sdp\r\n");
+    }
+    s.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut b = s.into_bytes();
+    b.extend_from_slice(body);
+    b
+}
+
 /// A scripted user agent: builds requests for one phone.
 pub struct Uac {
     pub user: String,
