@@ -107,3 +107,22 @@ fn every_fixed_prompt_is_cached() {
         );
     }
 }
+
+/// Piper opens each clip with near silence, which the caller would wait through before
+/// hearing the reply: the clip must begin at its first sound (within the 10 ms lead-in).
+#[test]
+fn a_synthesized_clip_starts_at_its_first_sound() {
+    let (tts, _) = load();
+    for text in ["Sure.", SENTENCE, "Thanks for calling, goodbye."] {
+        let audio = tts.synthesize(text).expect("synthesize");
+        let first = sofia_phone::voice::piper::first_sound(&audio.samples, audio.sample_rate)
+            .expect("the clip has sound");
+        let lead = first as f64 / f64::from(audio.sample_rate);
+        eprintln!("{text:?}: first sound after {:.1} ms", lead * 1e3);
+        assert!(
+            lead <= 0.015,
+            "{text:?} starts with {:.0} ms of silence",
+            lead * 1e3
+        );
+    }
+}

@@ -13,6 +13,35 @@ use sofia_voice::{Audio, StageError, Tts};
 use crate::models::fetch::require;
 use crate::voice::models::init_onnxruntime;
 
+/// Piper starts each clip with a short stretch of near silence; the caller hears the
+/// reply only from its first sound, so that stretch is pure latency. Trimmed down to
+/// this much lead-in (a hard onset on the very first sample can click).
+const LEAD_IN: f32 = 0.010;
+/// A 5 ms window quieter than this (RMS, -46 dBFS) is silence. Piper's own noise floor
+/// is far lower, and its softest onsets (fricatives) rise above it within a few ms;
+/// windows, not samples, so a lone click at the clip's start does not count as sound.
+pub const SILENCE_RMS: f32 = 0.005;
+const WINDOW: f32 = 0.005;
+
+/// Where the first sound of `samples` starts: the first 5 ms window above
+/// [`SILENCE_RMS`]. `None`: all silence.
+pub fn first_sound(samples: &[f32], sample_rate: u32) -> Option<usize> {
+    let window = ((WINDOW * sample_rate as f32) as usize).max(1);
+    samples
+        .chunks(window)
+        .position(|w| (w.iter().map(|s| s * s).sum::<f32>() / w.len() as f32).sqrt() > SILENCE_RMS)
+        .map(|i| i * window)
+}
+
+/// Drops the silence before the first sound of a clip, keeping [`LEAD_IN`].
+pub fn trim_leading_silence(samples: &mut Vec<f32>, sample_rate: u32) {
+    let Some(first) = first_sound(samples, sample_rate) else {
+        return; // all silence: leave it for the caller to judge
+    };
+    let keep = (LEAD_IN * sample_rate as f32) as usize;
+    samples.drain(..first.saturating_sub(keep));
+}
+
 pub struct PiperTts {
     voice: Mutex<Piper>,
 }
@@ -38,9 +67,10 @@ impl Tts for PiperTts {
             .voice
             .lock()
             .map_err(|_| StageError::Inference("a Piper synthesis panicked earlier".into()))?;
-        let (samples, sample_rate) = voice
+        let (mut samples, sample_rate) = voice
             .create(text, false, None, None, None, None)
             .map_err(|e| StageError::Inference(format!("piper: {e}")))?;
+        trim_leading_silence(&mut samples, sample_rate);
         Ok(Audio {
             samples,
             sample_rate,
