@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod calls;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod credentials;
 pub mod http;
 pub mod media;
