@@ -47,6 +47,25 @@ grep -q '^models    /opt/sofia-phone/models$' <<<"$out" || fail "models dir is n
 uid=$(podman run --rm --entrypoint id "$image" -u)
 [[ $uid != 0 ]] || fail "the image runs as root"
 
+# The image names the instruction sets its Whisper was compiled for, and serve refuses
+# to start on a CPU without them (instead of dying of SIGILL at the first call). Proof:
+# a flags file naming an extension this CPU lacks stops serve with the fix.
+flags=$(podman run --rm --entrypoint cat "$image" /opt/sofia-phone/build-cpu-flags) \
+  || fail "the image has no /opt/sofia-phone/build-cpu-flags"
+grep -qw avx2 <<<"$flags" || fail "build-cpu-flags does not name avx2: $flags"
+absent=$(for f in amx_tile amx_int8 amx_bf16 avx512_bf16 avx512ifma avx_vnni avx512vbmi; do
+  grep -qw "$f" /proc/cpuinfo || { echo "$f"; break; }; done)
+[[ -n $absent ]] || fail "this CPU has every extension the CPU check could be tested with"
+fake=$(mktemp)
+echo "avx2 $absent" > "$fake" && chmod 644 "$fake"
+if out=$(podman run --rm --network host -v "$fake:/tmp/build-cpu-flags:ro" \
+  -e SOFIA_BUILD_CPU_FLAGS_FILE=/tmp/build-cpu-flags "$image" serve 2>&1); then
+  fail "serve started on a CPU lacking $absent"
+fi
+rm -f "$fake"
+grep -q "lacks them" <<<"$out" && grep -qw "$absent" <<<"$out" && grep -q "SOFIA_CPU=portable" <<<"$out" \
+  || fail "serve did not name the missing $absent and the fix: $out"
+
 # serve: bind SIP on a free loopback port, load the voice agent from the image's models,
 # answer /health, then stop with SIGTERM.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
