@@ -13,10 +13,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sofia_media::{CodecKind, MediaConfig, MediaParams, MediaSession, SdpSession, SessionConfig};
+use sofia_media::{
+    CodecKind, Direction, MediaConfig, MediaParams, MediaSession, NegotiationError, SdpSession,
+    SessionConfig,
+};
 use sofia_sip::{Body, CallHandle, Event, Fork, ForkAction, OutgoingInvite, Transport};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::calls::{answer_reinvite, info_dtmf, is_sdp, CallEvents, Lifecycle, SDP};
 use crate::config::Application;
@@ -327,7 +330,8 @@ pub(crate) struct BLeg<'a> {
 }
 
 /// Relays audio (and DTMF) between the two legs until one ends; re-INVITEs on either
-/// leg are answered from its own SDP session. Returns who ended it.
+/// leg are answered from its own SDP session, and hold or unhold on one leg is
+/// mirrored onto the other as a re-INVITE from the switch. Returns who ended it.
 pub(crate) async fn relay(
     ends: RelayEnds<'_>,
     a: Leg<'_>,
@@ -353,6 +357,10 @@ pub(crate) async fn relay(
     let (mut buf_a, mut buf_b) = (vec![0u8; 2048], vec![0u8; 2048]);
     let (mut rtcp_a, mut rtcp_b) = (vec![0u8; 2048], vec![0u8; 2048]);
     let before = sa.stats();
+    // Hold on one leg is mirrored onto the other; a leg that holds may stop sending
+    // RTP without that ending the call.
+    let (mut mirror_a, mut mirror_b) = (Mirror::new(extension), Mirror::new(extension));
+    let (mut holding_a, mut holding_b) = (false, false);
     let ended = loop {
         let wake = tokio::time::Instant::from_std(sa.poll_timeout().min(sb.poll_timeout()));
         tokio::select! {
@@ -387,10 +395,38 @@ pub(crate) async fn relay(
                 }
                 Some(Event::CallEnded { call: c, .. }) if c == leg => break Ended::Callee,
                 Some(Event::ReInvite { call: c, body }) if c == call => {
-                    answer_reinvite(endpoint, c, extension, sdp_a, sa, srtp_a, body);
+                    let asked = asked_direction(&body);
+                    if answer_reinvite(endpoint, c, extension, sdp_a, sa, srtp_a, body) {
+                        if let Some(asked) = asked {
+                            holding_a = is_hold(asked);
+                            mirror_b.follow(asked, leg, sdp_b, endpoint, metrics);
+                        }
+                    }
                 }
                 Some(Event::ReInvite { call: c, body }) if c == leg => {
-                    answer_reinvite(endpoint, c, extension, sdp_b, &mut sb, &mut srtp_b, body);
+                    let asked = asked_direction(&body);
+                    if answer_reinvite(endpoint, c, extension, sdp_b, &mut sb, &mut srtp_b, body) {
+                        if let Some(asked) = asked {
+                            holding_b = is_hold(asked);
+                            mirror_a.follow(asked, call, sdp_a, endpoint, metrics);
+                        }
+                    }
+                }
+                Some(Event::ReInviteAnswered { call: c, body }) if c == call => {
+                    take_answer(extension, sdp_a, sa, srtp_a, body);
+                    mirror_a.settled(call, sdp_a, endpoint, metrics);
+                }
+                Some(Event::ReInviteAnswered { call: c, body }) if c == leg => {
+                    take_answer(extension, sdp_b, &mut sb, &mut srtp_b, body);
+                    mirror_b.settled(leg, sdp_b, endpoint, metrics);
+                }
+                Some(Event::ReInviteFailed { call: c, status }) if c == call || c == leg => {
+                    info!("call to {extension}: the switch's re-INVITE of {c:?} got {status}");
+                    if c == call {
+                        mirror_a.settled(call, sdp_a, endpoint, metrics);
+                    } else {
+                        mirror_b.settled(leg, sdp_b, endpoint, metrics);
+                    }
                 }
                 Some(Event::Info { call: c, body: Some(body) }) => {
                     // SIP INFO DTMF goes on as RFC 4733 on the other leg.
@@ -402,8 +438,8 @@ pub(crate) async fn relay(
                 Some(_) => {}
             },
         }
-        let inactive_a = pump(sa, &mut sb, extension);
-        let inactive_b = pump(&mut sb, sa, extension);
+        let inactive_a = pump(sa, &mut sb, extension) && !holding_a;
+        let inactive_b = pump(&mut sb, sa, extension) && !holding_b;
         if inactive_a || inactive_b {
             info!("call to {extension}: no RTP for {rtp_timeout:?}, hanging up");
             break Ended::Neither;
@@ -420,6 +456,129 @@ pub(crate) async fn relay(
     metrics.rtp_rejected_packets.inc_by(rejected);
     info!("call to {extension} over: caller {after:?}, callee {stats_b:?}");
     ended
+}
+
+/// The direction a re-INVITE's offer asks for, from the phone's side; `None` without
+/// a readable SDP offer (the answer to it says what is wrong).
+fn asked_direction(body: &Option<Body>) -> Option<Direction> {
+    let body = body.as_ref().filter(|b| is_sdp(b))?;
+    sofia_media::offered_direction(&body.bytes).ok()
+}
+
+/// Whether a phone asking for `asked` puts the call on hold (RFC 3264 8.4: it offers
+/// sendonly, or inactive when it holds a call that already holds it).
+fn is_hold(asked: Direction) -> bool {
+    matches!(asked, Direction::SendOnly | Direction::Inactive)
+}
+
+/// The answer to the switch's re-INVITE of one leg: its media follows.
+fn take_answer(
+    extension: &str,
+    sdp: &mut SdpSession,
+    session: &mut MediaSession,
+    srtp: &mut Option<media::Srtp>,
+    body: Option<Body>,
+) {
+    let Some(body) = body.filter(is_sdp) else {
+        warn!("call to {extension}: the answer to our re-INVITE has no SDP");
+        return;
+    };
+    match sdp.handle_answer(&body.bytes) {
+        Ok(params) => {
+            match media::Srtp::for_params(&params) {
+                Ok(new) => *srtp = new,
+                Err(e) => warn!("call to {extension}: re-INVITE answer SRTP keys unusable ({e})"),
+            }
+            if let Err(e) = session.update(Instant::now(), params) {
+                warn!("call to {extension}: media update after our re-INVITE failed ({e})");
+            }
+        }
+        // The phone's own offer crossed ours and was answered first, from the same
+        // direction: that exchange already set the media.
+        Err(NegotiationError::AnswerWithoutOffer) => {
+            debug!("call to {extension}: answer to a superseded offer ignored");
+        }
+        Err(e) => warn!("call to {extension}: the answer to our re-INVITE is unusable ({e})"),
+    }
+}
+
+/// Hold and unhold mirrored onto one leg: the direction the switch offers that leg
+/// follows what the other leg's phone asked for, one re-INVITE at a time (RFC 3261
+/// 14.1); a change asked for while one is under way goes once it is settled.
+struct Mirror<'a> {
+    extension: &'a str,
+    /// The direction last offered to this leg (the call starts sendrecv).
+    offered: Direction,
+    in_flight: bool,
+}
+
+impl<'a> Mirror<'a> {
+    fn new(extension: &'a str) -> Self {
+        Self {
+            extension,
+            offered: Direction::SendRecv,
+            in_flight: false,
+        }
+    }
+
+    /// The other leg's phone asked for `asked`: offer this leg the same hold state.
+    fn follow(
+        &mut self,
+        asked: Direction,
+        call: CallHandle,
+        sdp: &mut SdpSession,
+        endpoint: &EndpointHandle,
+        metrics: &Metrics,
+    ) {
+        // The held phone is offered what the holder sends it: sendonly (music on hold
+        // still flows) or inactive; anything else is no hold.
+        let wanted = if is_hold(asked) {
+            asked
+        } else {
+            Direction::SendRecv
+        };
+        // Set now, so an offer this leg's phone makes meanwhile is answered the same way.
+        sdp.set_direction(wanted);
+        self.send(call, sdp, endpoint, metrics);
+    }
+
+    /// The re-INVITE under way got its final response.
+    fn settled(
+        &mut self,
+        call: CallHandle,
+        sdp: &mut SdpSession,
+        endpoint: &EndpointHandle,
+        metrics: &Metrics,
+    ) {
+        self.in_flight = false;
+        self.send(call, sdp, endpoint, metrics);
+    }
+
+    fn send(
+        &mut self,
+        call: CallHandle,
+        sdp: &mut SdpSession,
+        endpoint: &EndpointHandle,
+        metrics: &Metrics,
+    ) {
+        let wanted = sdp.config().direction;
+        if self.in_flight || wanted == self.offered {
+            return;
+        }
+        self.offered = wanted;
+        self.in_flight = true;
+        metrics.reinvites_sent.inc();
+        info!(
+            "call to {}: re-INVITE of {call:?} with a={}, as the other leg asked",
+            self.extension,
+            wanted.attribute()
+        );
+        let body = Body {
+            content_type: SDP.to_string(),
+            bytes: sdp.create_offer(),
+        };
+        endpoint.command(call, CallCommand::ReInvite(body));
+    }
 }
 
 /// Which side ended a relayed call.

@@ -169,7 +169,9 @@ pub async fn run(
                     | Event::Info { call, .. }
                     | Event::CallProgress { call, .. }
                     | Event::CallAnswered { call, .. }
-                    | Event::CallFailed { call, .. } => *call,
+                    | Event::CallFailed { call, .. }
+                    | Event::ReInviteAnswered { call, .. }
+                    | Event::ReInviteFailed { call, .. } => *call,
                     _ => continue,
                 };
                 if let Some(owner) = legs.get(&call).copied() {
@@ -978,7 +980,7 @@ impl CallTask {
 }
 
 /// A re-INVITE (hold, unhold, session refresh) on `call`: answered from its SDP session,
-/// and the media session follows.
+/// and the media session follows. Returns whether the offer was accepted.
 pub(crate) fn answer_reinvite(
     endpoint: &EndpointHandle,
     call: CallHandle,
@@ -987,7 +989,7 @@ pub(crate) fn answer_reinvite(
     session: &mut sofia_media::MediaSession,
     srtp: &mut Option<media::Srtp>,
     body: Option<Body>,
-) {
+) -> bool {
     let Some(body) = body.filter(is_sdp) else {
         // An offerless re-INVITE: offer our current session (RFC 3264 8.1).
         let body = Body {
@@ -995,7 +997,7 @@ pub(crate) fn answer_reinvite(
             bytes: sdp.create_offer(),
         };
         endpoint.command(call, CallCommand::Answer(body));
-        return;
+        return true;
     };
     match sdp.negotiate(&body.bytes) {
         Ok(negotiated) => {
@@ -1005,24 +1007,26 @@ pub(crate) fn answer_reinvite(
                 Err(e) => {
                     warn!("call to {extension}: re-INVITE SRTP keys unusable ({e})");
                     endpoint.command(call, CallCommand::Reject(488));
-                    return;
+                    return false;
                 }
             }
             if let Err(e) = session.update(Instant::now(), negotiated.params) {
                 warn!("call to {extension}: re-INVITE media update failed ({e})");
                 endpoint.command(call, CallCommand::Reject(488));
-                return;
+                return false;
             }
             let body = Body {
                 content_type: SDP.to_string(),
                 bytes: negotiated.answer_sdp,
             };
             endpoint.command(call, CallCommand::Answer(body));
+            true
         }
         Err(e) => {
             let status = if e.is_not_acceptable() { 488 } else { 400 };
             info!("call to {extension}: re-INVITE offer refused ({e}), {status}");
             endpoint.command(call, CallCommand::Reject(status));
+            false
         }
     }
 }

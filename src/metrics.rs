@@ -141,6 +141,13 @@ pub struct Metrics {
     pub bridge_legs: Counter,
     /// Callers the agent handed to a person, by outcome: `connected`, `failed`.
     pub agent_transfers: Family<OutcomeLabel, Counter>,
+    /// Re-INVITEs the switch sent (hold and unhold mirrored onto a bridged call's
+    /// other leg).
+    pub reinvites_sent: Counter,
+    /// REFERs (RFC 3515 blind transfers) from phones, by outcome: `accepted` (202),
+    /// `refused` (403 and other refusals), `connected`, `failed` (the target did not
+    /// take the call).
+    pub transfers: Family<OutcomeLabel, Counter>,
     /// TLS handshakes on the SIP TLS port, by outcome: `ok`, `failed`, `timeout`.
     pub tls_handshakes: Family<OutcomeLabel, Counter>,
     /// SRTP/SRTCP packets refused: failed authentication, replays, undecryptable.
@@ -290,6 +297,18 @@ impl Metrics {
             "Callers the agent handed to a person, by outcome (connected, failed)",
             agent_transfers.clone(),
         );
+        let reinvites_sent = Counter::default();
+        registry.register(
+            "reinvites_sent",
+            "Re-INVITEs the switch sent (hold and unhold mirrored across a bridged call)",
+            reinvites_sent.clone(),
+        );
+        let transfers = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "transfers",
+            "REFER transfers from phones, by outcome (accepted, refused, connected, failed)",
+            transfers.clone(),
+        );
         let tls_handshakes = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "tls_handshakes",
@@ -328,6 +347,8 @@ impl Metrics {
             stateless_overload_responses,
             bridge_legs,
             agent_transfers,
+            reinvites_sent,
+            transfers,
             tls_handshakes,
             srtp_auth_failures,
             agent_state,
@@ -351,6 +372,15 @@ impl Metrics {
     /// Counts a TLS handshake's outcome.
     pub fn tls_handshake(&self, outcome: &str) {
         self.tls_handshakes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a REFER transfer's step (see [`Metrics::transfers`]).
+    pub fn transfer(&self, outcome: &str) {
+        self.transfers
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.to_string(),
             })

@@ -55,6 +55,8 @@ pub enum CallCommand {
     Answer(Body),
     Reject(u16),
     Hangup,
+    /// A re-INVITE from the switch with this offer (hold mirrored from the other leg).
+    ReInvite(Body),
 }
 
 /// What the endpoint task tells the call layer.
@@ -329,6 +331,9 @@ impl EndpointTask {
                                     self.endpoint.reject(now, call, status)
                                 }
                                 CallCommand::Hangup => self.endpoint.hangup(now, call),
+                                CallCommand::ReInvite(body) => {
+                                    self.endpoint.reinvite(now, call, body)
+                                }
                             };
                             if let Err(e) = result {
                                 debug!("call {:?}: command refused: {e}", call);

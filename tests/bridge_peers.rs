@@ -448,3 +448,100 @@ fn linphone_calls_baresip_and_each_hears_the_other() {
         &context,
     );
 }
+
+/// Hold and resume on one leg reach the other leg as re-INVITEs from the switch.
+/// baresip (1000) calls a SIPp phone (1001) that echoes the audio it gets, puts it on
+/// hold from its console and resumes. The phone's scenario (phone_held.xml) passes
+/// only if it gets a re-INVITE holding it (a=sendonly or a=inactive) and then one
+/// resuming it (a=sendrecv), in that order; baresip hears its own tone come back
+/// through the phone before the hold and again after the resume, which it can only if
+/// the phone's leg was taken off hold too.
+#[test]
+fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    let (data, sip_port, server) = switch();
+    let phone = SippPhone::register(data.path(), sip_port, "phone_held.xml", &["-rtp_echo"]);
+    let mics = tempfile::tempdir().unwrap();
+    let mic = mics.path().join("mic.wav");
+    // baresip hangs up when its WAV ends.
+    write_tone_wav(&mic, 8000, 600.0, 12.0, 0.0);
+    let caller = Baresip::new(
+        sip_port,
+        &mic,
+        Options {
+            password: "secret-1000",
+            codec: "PCMU",
+            rate: 8000,
+            record: true,
+            console: true,
+        },
+    );
+    let console = caller.console.unwrap();
+    let mut run = caller
+        .dial("1001", 25)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
+    let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Call established") {
+            break;
+        }
+    }
+    assert!(seen.contains("Call established"), "no call:\n{seen}");
+    // The rest of baresip's output, for the failure message.
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    keys.send_to(b"/hold\n", ("127.0.0.1", console)).unwrap();
+    let held = server.wait_for("as the other leg asked");
+    let mirrored = held.last().unwrap().clone();
+    assert!(
+        mirrored.contains("a=sendonly") || mirrored.contains("a=inactive"),
+        "{held:#?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    keys.send_to(b"/resume\n", ("127.0.0.1", console)).unwrap();
+    let resumed = server.wait_for("as the other leg asked");
+    assert!(
+        resumed.last().unwrap().contains("a=sendrecv"),
+        "{resumed:#?}"
+    );
+    let over = server.wait_for("call to 1001 over");
+    let _ = run.wait();
+    let log = seen + &rest.join().unwrap();
+    assert_sipp_ok(
+        &phone.finish(),
+        "the phone 1001 (answer, mirrored hold, mirrored resume, BYE)",
+    );
+    server.terminate();
+
+    // What baresip heard, in half-second steps: its tone echoed by the phone.
+    let (heard, rate) = read_wav(&std::fs::read(caller.heard(&log)).unwrap());
+    let step = rate as usize / 2;
+    let echoed: Vec<bool> = heard
+        .chunks(step)
+        .filter(|c| c.len() == step)
+        .map(|c| {
+            let level = (c.iter().map(|x| x * x).sum::<f32>() / step as f32).sqrt();
+            level > 0.03 && tone_share(c, rate, 600.0) > 0.5
+        })
+        .collect();
+    let shape: String = echoed.iter().map(|&e| if e { '#' } else { '.' }).collect();
+    let context = format!("heard {shape}\n{over:#?}\n{log}");
+    let first = echoed.iter().position(|&e| e);
+    let last = echoed.iter().rposition(|&e| e);
+    assert!(first.is_some(), "no echo before the hold: {context}");
+    // The echo comes back after the resume: in the last 2 s before the hang-up.
+    assert!(
+        last.is_some_and(|l| l + 6 >= echoed.len()),
+        "no echo after the resume: {context}"
+    );
+}

@@ -22,8 +22,8 @@ pub use codec::{CodecError, CodecKind, Decoder, Encoder};
 pub use dtmf::Digit;
 pub use jitter::JitterConfig;
 pub use offer_answer::{
-    negotiate, Direction, MediaConfig, MediaParams, Negotiated, NegotiationError, SdpSession,
-    SrtpKeys, SrtpPolicy, TelephoneEvent, SRTP_KEY_LEN,
+    negotiate, offered_direction, Direction, MediaConfig, MediaParams, Negotiated,
+    NegotiationError, SdpSession, SrtpKeys, SrtpPolicy, TelephoneEvent, SRTP_KEY_LEN,
 };
 pub use ports::{PortAllocator, PortPair, PortRangeError};
 pub use resample::{resample, ClipResampler, ResampleError, StreamResampler};

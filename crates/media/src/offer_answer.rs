@@ -625,6 +625,13 @@ pub fn negotiate(offer: &[u8], config: &MediaConfig) -> Result<Negotiated, Negot
     SdpSession::new(config.clone(), 0).negotiate(offer)
 }
 
+/// The direction the sender of `offer` asks for on its audio stream, from its point of
+/// view (`SendOnly` or `Inactive` is hold, RFC 3264 8.4; c=0.0.0.0 counts as sendonly).
+/// A B2BUA mirrors it onto the other leg.
+pub fn offered_direction(offer: &[u8]) -> Result<Direction, NegotiationError> {
+    Ok(remote_audio(&parse(offer)?)?.direction)
+}
+
 fn parse(bytes: &[u8]) -> Result<SessionDescription, NegotiationError> {
     SessionDescription::unmarshal(&mut Cursor::new(bytes)).map_err(NegotiationError::Malformed)
 }

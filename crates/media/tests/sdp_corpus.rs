@@ -181,3 +181,15 @@ fn late_offer_then_answer_in_ack() {
     // An answer is consumed once.
     assert!(session.handle_answer(answer.as_bytes()).is_err());
 }
+
+#[test]
+fn offered_direction_says_what_the_offerer_asks_for() {
+    use sofia_media::offered_direction;
+    let asked = |name: &str| offered_direction(&offer(name)).unwrap();
+    assert_eq!(asked("baresip-1.0.0-g711.sdp"), Direction::SendRecv);
+    assert_eq!(asked("edge-sendonly-hold.sdp"), Direction::SendOnly);
+    // RFC 2543 hold: c=0.0.0.0.
+    assert_eq!(asked("edge-c-zero-hold.sdp"), Direction::SendOnly);
+    assert_eq!(asked("edge-inactive.sdp"), Direction::Inactive);
+    assert!(offered_direction(b"garbage").is_err());
+}
