@@ -34,12 +34,15 @@ use crate::transaction::{
 use crate::uri::{Uri, Via, BRANCH_MAGIC_COOKIE};
 
 mod outgoing;
+mod refer;
 mod reinvite;
 pub use outgoing::OutgoingInvite;
+pub use refer::sipfrag;
 pub use reinvite::glare_wait;
 
 /// Methods this endpoint implements, for Allow (RFC 3261 20.5).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, SUBSCRIBE";
+pub const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, SUBSCRIBE, REFER, NOTIFY";
 
 /// A user that may register and call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,8 +206,8 @@ pub enum Event {
         call: CallHandle,
         body: Option<Body>,
     },
-    /// A request from [`Endpoint::send_options`] finished: final status, or `None` on
-    /// timeout (Timer F).
+    /// A request from [`Endpoint::send_options`] or [`Endpoint::notify_refer`]
+    /// finished: final status, or `None` on timeout (Timer F).
     RequestCompleted {
         request: RequestHandle,
         status: Option<u16>,
@@ -242,6 +245,12 @@ pub enum Event {
         call: CallHandle,
         status: u16,
     },
+    /// A REFER (RFC 3515) in the call's dialog, already answered 202 Accepted: place
+    /// the call to `refer_to` and report it with [`Endpoint::notify_refer`].
+    Refer {
+        call: CallHandle,
+        refer_to: String,
+    },
 }
 
 /// Why a call command was refused.
@@ -259,6 +268,8 @@ pub enum CallError {
     NotConfirmed,
     #[error("a re-INVITE of ours is already under way on this call")]
     InviteInProgress,
+    #[error("the call has no transfer (REFER) to report on")]
+    NoSubscription,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -310,6 +321,8 @@ fn method_label(method: &Method) -> &'static str {
         Method::Info => "INFO",
         Method::Subscribe => "SUBSCRIBE",
         Method::Message => "MESSAGE",
+        Method::Refer => "REFER",
+        Method::Notify => "NOTIFY",
         _ => "OTHER",
     }
 }
@@ -339,6 +352,8 @@ pub struct Endpoint {
     /// Our re-INVITEs: per call, and their client transactions by branch.
     reinvites: HashMap<CallHandle, reinvite::ReInvite>,
     reinvite_txs: HashMap<String, reinvite::ReInviteTx>,
+    /// Calls whose REFER subscription is active (one per call).
+    refers: std::collections::HashSet<CallHandle>,
     calls: HashMap<CallHandle, Call>,
     dialogs: HashMap<DialogKey, CallHandle>,
     timers: BinaryHeap<Reverse<(Instant, u64, TimerTarget)>>,
@@ -429,6 +444,7 @@ impl Endpoint {
             outgoing_calls: HashMap::new(),
             reinvites: HashMap::new(),
             reinvite_txs: HashMap::new(),
+            refers: std::collections::HashSet::new(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -854,6 +870,8 @@ impl Endpoint {
                 | Method::Info
                 | Method::Subscribe
                 | Method::Message
+                | Method::Refer
+                | Method::Notify
         );
         if !implemented {
             self.respond_stateless(key, &req, 501, &[("Allow", ALLOW.to_string())]);
@@ -1124,6 +1142,9 @@ impl Endpoint {
                 self.respond(now, key, &req, 200, None, &headers, None);
             }
             Method::Subscribe => self.respond(now, key, &req, 489, None, &[], None),
+            Method::Refer => self.handle_refer(now, key, &req, handle),
+            // No subscription of ours for the peer to notify (RFC 6665 4.1.3).
+            Method::Notify => self.respond(now, key, &req, 481, None, &[], None),
             _ => self.respond(
                 now,
                 key,
@@ -1473,7 +1494,7 @@ impl Endpoint {
             return;
         };
         if let Some(status) = tx.on_response(now, resp.status, &timers) {
-            if tx.purpose == ClientPurpose::Options {
+            if matches!(tx.purpose, ClientPurpose::Options | ClientPurpose::InDialog) {
                 self.events.push_back(Event::RequestCompleted {
                     request: tx.handle,
                     status: Some(status),
@@ -1709,6 +1730,7 @@ impl Endpoint {
 
     fn remove_call(&mut self, handle: CallHandle) -> bool {
         self.reinvites.remove(&handle);
+        self.refers.remove(&handle);
         match self.calls.remove(&handle) {
             Some(call) => {
                 self.dialogs.remove(&call.dialog.key);
@@ -1806,7 +1828,7 @@ impl Endpoint {
         if let Some(bytes) = out.retransmit {
             self.send(route, bytes);
         }
-        if out.timed_out && purpose == ClientPurpose::Options {
+        if out.timed_out && matches!(purpose, ClientPurpose::Options | ClientPurpose::InDialog) {
             self.events.push_back(Event::RequestCompleted {
                 request: handle,
                 status: None,

@@ -25,6 +25,7 @@ pub mod transaction;
 pub mod uri;
 
 pub use auth::{AuthPolicy, BlockAction, DigestAlgorithm};
+pub use endpoint::sipfrag;
 pub use endpoint::{
     Body, CallError, Config, EndReason, Endpoint, EndpointStats, Event, IncomingCall,
     OutgoingInvite, Transmit, UserConfig,

@@ -248,6 +248,8 @@ pub enum ClientPurpose {
     Bye(CallHandle),
     Options,
     Cancel,
+    /// A request of a dialog whose outcome the application hears of (NOTIFY).
+    InDialog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

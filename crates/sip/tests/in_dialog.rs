@@ -1,9 +1,11 @@
-//! Virtual-time scenarios for re-INVITEs the endpoint sends in a confirmed dialog (RFC
-//! 3261 14.1), as the switch does to mirror hold and unhold onto the other leg of a
-//! bridged call: the request is a request of the dialog, its 2xx is ACKed (again for
-//! each retransmission), and glare (both sides re-INVITE at once) ends with 491 on both
-//! and our retry after the random wait RFC 3261 14.1 gives each side. The test plays
-//! the phone.
+//! Virtual-time scenarios for requests the endpoint sends in a confirmed dialog. Re-
+//! INVITEs (RFC 3261 14.1), as the switch sends to mirror hold and unhold onto the other
+//! leg of a bridged call: the request is a request of the dialog, its 2xx is ACKed
+//! (again for each retransmission), and glare (both sides re-INVITE at once) ends with
+//! 491 on both and our retry after the random wait RFC 3261 14.1 gives each side. And
+//! blind transfer (RFC 3515): a REFER is answered 202 and reported, and the NOTIFYs of
+//! its subscription carry the referred call's progress as message/sipfrag. The test
+//! plays the phone.
 
 mod common;
 
@@ -362,4 +364,115 @@ fn a_reinvite_asked_for_during_the_peers_waits_for_its_ack() {
     assert_eq!(sent.len(), 1, "sent once the ACK came");
     assert_eq!(sent[0].method.as_str(), "INVITE");
     assert_eq!(sent[0].body, HOLD);
+}
+
+/// The phone's REFER in the dialog of `invite` (our INVITE), with `refer_to` lines.
+fn phone_refer(invite: &Request, cseq: u32, refer_to: &[&str]) -> Vec<u8> {
+    let mut s = format!(
+        "REFER sip:1000@{SWITCH} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-r{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:1001@{SWITCH}>;tag=ph\r\nTo: {}\r\nCall-ID: {}\r\n\
+         CSeq: {cseq} REFER\r\nContact: <sip:1001@10.0.0.9:5062>\r\n",
+        invite.headers.first("From").unwrap(),
+        invite.call_id,
+    );
+    for r in refer_to {
+        s.push_str(&format!("Refer-To: {r}\r\n"));
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s.into_bytes()
+}
+
+#[test]
+fn a_refer_gets_202_and_its_notifies_carry_the_referred_calls_status() {
+    let mut now = t0();
+    let mut ep = Endpoint::new(config(), now);
+    let (call, invite) = placed_call(&mut ep, now);
+    let refer = phone_refer(&invite, 40, &[&format!("<sip:1002@{SWITCH}>")]);
+    let (_, codes) = from_phone(&mut ep, now, &refer);
+    assert_eq!(codes, vec![202]);
+    assert_eq!(
+        events(&mut ep),
+        vec![Event::Refer {
+            call,
+            refer_to: format!("sip:1002@{SWITCH}")
+        }]
+    );
+    // A second transfer while this one is reported is refused.
+    let (_, codes) = from_phone(&mut ep, now, &phone_refer(&invite, 41, &["<sip:1003@x>"]));
+    assert_eq!(codes, vec![403]);
+
+    let trying = ep.notify_refer(now, call, 100).unwrap();
+    let (sent, _) = split(drain(&mut ep));
+    let n = &sent[0];
+    assert_eq!(n.method.as_str(), "NOTIFY");
+    assert_eq!(n.uri.to_string(), "sip:1001@10.0.0.9:5062");
+    assert_eq!(n.headers.list("Route"), vec!["<sip:p1.example.net;lr>"]);
+    assert_eq!(n.to.tag(), Some("ph"));
+    assert_eq!(n.headers.first("Event"), Some("refer"));
+    assert_eq!(
+        n.headers.first("Subscription-State"),
+        Some("active;expires=60")
+    );
+    assert_eq!(n.content_type(), Some("message/sipfrag;version=2.0"));
+    assert_eq!(n.body, b"SIP/2.0 100 Trying\r\n");
+    assert!(n.cseq.seq > invite.cseq.seq);
+    from_phone(&mut ep, now, &reply(n, 200, None, &[], b""));
+    assert_eq!(
+        events(&mut ep),
+        vec![Event::RequestCompleted {
+            request: trying,
+            status: Some(200)
+        }]
+    );
+    // The final NOTIFY ends the subscription; it is retransmitted (Timer E) until
+    // answered, and Timer F reports no answer.
+    let done = ep.notify_refer(now, call, 200).unwrap();
+    let (sent, _) = split(drain(&mut ep));
+    assert_eq!(sent[0].body, b"SIP/2.0 200 OK\r\n");
+    assert!(sent[0].cseq.seq > n.cseq.seq);
+    assert!(sent[0]
+        .headers
+        .first("Subscription-State")
+        .unwrap()
+        .starts_with("terminated"));
+    assert_eq!(
+        ep.notify_refer(now, call, 200),
+        Err(sofia_sip::CallError::NoSubscription)
+    );
+    let until = now + Duration::from_secs(33);
+    let resent = requests_until(&mut ep, &mut now, until);
+    assert!(resent.len() >= 5, "Timer E: {}", resent.len());
+    assert_eq!(
+        events(&mut ep),
+        vec![Event::RequestCompleted {
+            request: done,
+            status: None
+        }]
+    );
+    // A new transfer may follow.
+    let (_, codes) = from_phone(&mut ep, now, &phone_refer(&invite, 42, &["<sip:1003@x>"]));
+    assert_eq!(codes, vec![202]);
+}
+
+#[test]
+fn a_refer_without_one_sip_refer_to_gets_400() {
+    let now = t0();
+    let mut ep = Endpoint::new(config(), now);
+    let (_, invite) = placed_call(&mut ep, now);
+    for (cseq, targets) in [
+        (50, vec![]),
+        (51, vec!["<sip:1@x>", "<sip:2@x>"]),
+        (52, vec!["<tel:+15551234>"]),
+        (53, vec!["<sip:"]),
+    ] {
+        let (_, codes) = from_phone(&mut ep, now, &phone_refer(&invite, cseq, &targets));
+        assert_eq!(codes, vec![400], "{targets:?}");
+    }
+    assert!(events(&mut ep).is_empty());
+    // A NOTIFY from the phone: there is no subscription of ours.
+    let notify = String::from_utf8(phone_refer(&invite, 54, &[]))
+        .unwrap()
+        .replace("REFER", "NOTIFY");
+    let (_, codes) = from_phone(&mut ep, now, notify.as_bytes());
+    assert_eq!(codes, vec![481]);
 }
