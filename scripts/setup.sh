@@ -20,7 +20,8 @@ say() { printf 'setup: %s\n' "$*"; }
 packages=(build-essential ca-certificates curl git cmake clang libclang-dev protobuf-compiler libprotobuf-dev
           libopus-dev libsonic-dev libssl-dev pkg-config python3 iproute2)
 if [[ $mode == test ]]; then
-  packages+=(sip-tester baresip linphone-cli espeak-ng sox)
+  # python3-numpy runs Smart Turn's reference feature code in tests/voice_turn.rs.
+  packages+=(sip-tester baresip linphone-cli espeak-ng sox python3-numpy)
 fi
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 missing=()

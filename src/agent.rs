@@ -22,13 +22,13 @@ use sofia_voice::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::config::Profile;
+use crate::config::{EndOfTurnMode, Profile};
 use crate::memory::service::{MemoryConfig, MemoryService};
 use crate::metrics::{AgentState, Metrics};
 use crate::models::catalog::whisper_ggml;
 use crate::voice::{
-    InFlight, MediaCommand, OpenAiConfig, OpenAiLlm, PiperTts, PromptCache, SileroVad, StageResult,
-    Stages, VadStream, VoiceModels, WhisperConfig, WhisperStt, WorkerPool,
+    InFlight, MediaCommand, OpenAiConfig, OpenAiLlm, PiperTts, PromptCache, SileroVad, SmartTurn,
+    StageResult, Stages, VadStream, VoiceModels, WhisperConfig, WhisperStt, WorkerPool,
 };
 
 /// How long the start of a call waits for the caller's memory (already loaded at INVITE
@@ -84,6 +84,25 @@ impl Agent {
         models.whisper = profile.models_dir.join(whisper_ggml(profile.whisper_model));
         models.require_all()?;
         let vad = SileroVad::load(&models.silero_vad, &models.onnxruntime)?;
+        let settings = &profile.agent;
+        // Only model mode needs Smart Turn; a missing file is reported like any other
+        // missing model ("run `sofia-phone models fetch`").
+        let (end_of_turn, turn_model) = match settings.end_of_turn {
+            EndOfTurnMode::Silence => (sofia_voice::EndOfTurn::Silence, None),
+            EndOfTurnMode::Model => (
+                sofia_voice::EndOfTurn::Model(sofia_voice::ModelTurn {
+                    check_silence: Duration::from_millis(settings.turn_check_ms.into()),
+                    fallback_silence: Duration::from_millis(
+                        settings.end_of_turn_fallback_ms.into(),
+                    ),
+                    ..sofia_voice::ModelTurn::default()
+                }),
+                Some(Arc::new(SmartTurn::load(
+                    &models.smart_turn,
+                    &models.onnxruntime,
+                )?)),
+            ),
+        };
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let stt = WhisperStt::load(
             &models.whisper,
@@ -107,7 +126,6 @@ impl Agent {
         let transcripts = profile.data_dir.join("transcripts");
         std::fs::create_dir_all(&transcripts)
             .with_context(|| format!("creating {}", transcripts.display()))?;
-        let settings = &profile.agent;
         let llm_timeout = Duration::from_secs(settings.llm_timeout_secs.into());
         let llm = match &settings.llm_url {
             Some(url) => Some(Arc::new(
@@ -123,6 +141,7 @@ impl Agent {
             None => None,
         };
         let config = sofia_voice::Config {
+            end_of_turn,
             end_of_turn_silence: Duration::from_millis(settings.end_of_turn_ms.into()),
             min_speech: Duration::from_millis(settings.min_speech_ms.into()),
             max_utterance: Duration::from_secs(settings.max_utterance_secs.into()),
@@ -139,6 +158,9 @@ impl Agent {
         // fallbacks take over) than left to pile up.
         let stt_pool = WorkerPool::new("stt", 1, 8).context("starting the STT workers")?;
         let tts_pool = WorkerPool::new("tts", 1, 16).context("starting the TTS workers")?;
+        // One verdict at a time (tens of ms each); a full queue answers "busy" and the
+        // turn falls back to the silence rule.
+        let turn_pool = WorkerPool::new("turn", 1, 8).context("starting the end-of-turn worker")?;
         Ok(Self {
             stages: Stages {
                 stt: Arc::new(stt) as Arc<dyn Stt>,
@@ -148,6 +170,8 @@ impl Agent {
                 prompts: Arc::new(prompts),
                 stt_pool: Arc::new(stt_pool),
                 tts_pool: Arc::new(tts_pool),
+                turn_model,
+                turn_pool: Arc::new(turn_pool),
             },
             vad: Arc::new(vad),
             config,
@@ -376,6 +400,15 @@ impl AgentCall {
                     });
                 });
             }
+            StageResult::TurnPrediction {
+                took: Some(took), ..
+            } => {
+                self.agent
+                    .metrics
+                    .agent_turn_model_latency
+                    .observe(took.as_secs_f64());
+                result.apply(&mut self.conversation, now)
+            }
             other => other.apply(&mut self.conversation, now),
         }
     }
@@ -509,6 +542,7 @@ impl AgentCall {
             Event::FallbackReply { .. } => {
                 m.agent_fallback_replies.inc();
             }
+            Event::TurnVerdict { verdict, .. } => m.agent_turn_verdict(*verdict),
             Event::Breaker { stage, state } => {
                 let open = matches!(state, BreakerState::Open { .. });
                 let was_open = self.open_breakers.contains(stage);
@@ -631,6 +665,18 @@ fn log_event(event: &Event) {
         Event::FallbackReply { turn } => info!("agent turn {}: built-in responder", turn.0),
         Event::Dtmf(digit) => info!("agent: DTMF {digit}"),
         Event::EmptyTranscript { turn } => info!("agent turn {}: nothing heard", turn.0),
+        // bench/turn.sh and the end-of-turn tests read these lines.
+        Event::EndOfTurn { silence } => info!(
+            "agent end of turn after {} ms of silence",
+            silence.as_millis()
+        ),
+        Event::TurnVerdict {
+            verdict,
+            probability,
+        } => match probability {
+            Some(p) => info!("agent end of turn: {verdict:?} (p={p:.3})"),
+            None => info!("agent end of turn: {verdict:?}"),
+        },
         Event::StateChanged(state) => debug!("agent {state:?}"),
     }
 }

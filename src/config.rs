@@ -332,11 +332,27 @@ impl CallSettings {
     }
 }
 
+/// How the agent decides that the caller has finished (`agent.end_of_turn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOfTurnMode {
+    /// After `agent.end_of_turn_ms` of silence.
+    Silence,
+    /// The Smart Turn model judges the audio after `agent.turn_check_ms` of silence; the
+    /// turn ends anyway after `agent.end_of_turn_fallback_ms`.
+    Model,
+}
+
 /// The voice agent's tunables and its language model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentSettings {
-    /// Silence after speech that ends the caller's turn.
+    pub end_of_turn: EndOfTurnMode,
+    /// Silence after speech that ends the caller's turn (silence mode; model mode when
+    /// the model fails).
     pub end_of_turn_ms: u32,
+    /// Model mode: silence after which the model is asked.
+    pub turn_check_ms: u32,
+    /// Model mode: silence after which the turn ends whatever the model said.
+    pub end_of_turn_fallback_ms: u32,
     /// Shorter speech (a cough, a click) is not a turn.
     pub min_speech_ms: u32,
     /// Longer speech is cut and transcribed.
@@ -656,7 +672,10 @@ struct AgentFile {
 impl Default for AgentFile {
     fn default() -> Self {
         AgentFile {
+    end_of_turn: String,
             end_of_turn_ms: 600,
+    turn_check_ms: u32,
+    end_of_turn_fallback_ms: u32,
             min_speech_ms: 200,
             max_utterance_secs: 15,
             silence_timeout_secs: 10,
@@ -676,7 +695,10 @@ impl Default for AgentFile {
 struct MemoryFile {
     retention_days: u32,
     keep_recent_turns: u32,
+            end_of_turn: "model".to_string(),
     recall_budget_ms: u32,
+            turn_check_ms: 200,
+            end_of_turn_fallback_ms: 1600,
 }
 
 impl Default for MemoryFile {
@@ -1296,7 +1318,37 @@ fn agent_settings(
         "seconds",
     )?;
     let max_calls = bounded(
+    let end_of_turn = match file.end_of_turn.trim() {
+        "model" => EndOfTurnMode::Model,
+        "silence" => EndOfTurnMode::Silence,
+        other => {
+            return Err(error(
+                origin,
+                "agent.end_of_turn",
+                format!("`{other}` is not an end-of-turn mode"),
+                "use \"model\" (Smart Turn judges whether the caller has finished) or \"silence\" (the turn ends after agent.end_of_turn_ms of silence)",
+            ))
+        }
+    };
         "agent.max_calls",
+    let turn_check_ms = bounded("agent.turn_check_ms", file.turn_check_ms, 60, 1000, "ms")?;
+    let end_of_turn_fallback_ms = bounded(
+        "agent.end_of_turn_fallback_ms",
+        file.end_of_turn_fallback_ms,
+        300,
+        5000,
+        "ms",
+    )?;
+    if end_of_turn_fallback_ms <= turn_check_ms {
+        return Err(error(
+            origin,
+            "agent.end_of_turn_fallback_ms",
+            format!(
+                "{end_of_turn_fallback_ms} ms is not longer than agent.turn_check_ms ({turn_check_ms} ms)"
+            ),
+            "make the fallback longer than the check, e.g. turn_check_ms = 200 and end_of_turn_fallback_ms = 1600",
+        ));
+    }
         file.max_calls,
         0,
         100_000,
@@ -1384,7 +1436,10 @@ fn default_data_dir(env: &dyn Env) -> PathBuf {
         None => PathBuf::from("/var/lib/sofia-phone"),
     }
 }
+        end_of_turn,
 
+        turn_check_ms,
+        end_of_turn_fallback_ms,
 /// Extensions are the user part of a SIP URI: keep them to digits and simple token
 /// characters so they never need escaping.
 fn check_extension(origin: &str, key: &str, extension: &str) -> Result<(), ConfigError> {
@@ -1780,3 +1835,33 @@ mod tests {
         assert!(PortRange::parse("16390-16384").is_err());
     }
 }
+
+    #[test]
+    fn end_of_turn_defaults_to_the_model_and_bad_keys_name_themselves() {
+        let p = builtin(&[]).unwrap();
+        assert_eq!(p.agent.end_of_turn, EndOfTurnMode::Model);
+        assert_eq!(p.agent.turn_check_ms, 200);
+        assert_eq!(p.agent.end_of_turn_fallback_ms, 1600);
+        assert_eq!(p.agent.end_of_turn_ms, 600);
+        let key = "end_of_turn = \"model\"";
+        let text = BUILTIN_PROFILE.replacen(key, "end_of_turn = \"silence\"", 1);
+        let p = parse("ok.toml", &text, &env(&[]), &CliOverrides::default()).unwrap();
+        assert_eq!(p.agent.end_of_turn, EndOfTurnMode::Silence);
+        let e = broken(key, "end_of_turn = \"smart\"");
+        assert_eq!(e.key, "agent.end_of_turn");
+        assert!(e.to_string().contains("bad.toml"), "{e}");
+        assert!(e.fix.contains("\"silence\""), "{e}");
+        let e = broken("turn_check_ms = 200", "turn_check_ms = 20");
+        assert_eq!(e.key, "agent.turn_check_ms");
+        let e = broken(
+            "end_of_turn_fallback_ms = 1600",
+            "end_of_turn_fallback_ms = 150",
+        );
+        assert_eq!(e.key, "agent.end_of_turn_fallback_ms");
+        let e = broken(
+            "turn_check_ms = 200\nend_of_turn_fallback_ms = 1600",
+            "turn_check_ms = 900\nend_of_turn_fallback_ms = 800",
+        );
+        assert_eq!(e.key, "agent.end_of_turn_fallback_ms", "{e}");
+        assert!(e.fix.contains("longer than the check"), "{e}");
+    }

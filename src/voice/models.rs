@@ -14,6 +14,8 @@ pub struct VoiceModels {
     pub piper_model: PathBuf,
     pub piper_config: PathBuf,
     pub silero_vad: PathBuf,
+    /// Smart Turn; required only when the profile's agent.end_of_turn is "model".
+    pub smart_turn: PathBuf,
     pub onnxruntime: PathBuf,
     pub minilm_dir: PathBuf,
 }
@@ -27,6 +29,7 @@ impl VoiceModels {
             piper_model: models_dir.join("piper/en_US-joe-medium.onnx"),
             piper_config: models_dir.join("piper/en_US-joe-medium.onnx.json"),
             silero_vad: models_dir.join("vad/silero_vad.onnx"),
+            smart_turn: models_dir.join(crate::models::catalog::SMART_TURN_MODEL),
             onnxruntime: models_dir.join("onnxruntime/libonnxruntime.so.1.32.0"),
             minilm_dir: models_dir.join("minilm"),
         }

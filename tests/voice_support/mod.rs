@@ -357,6 +357,9 @@ impl<'a> Harness<'a> {
             }
             Action::HangUp { .. } => self.hung_up = true,
             Action::Transfer { target } => self.transfers.push(target),
+            // The harness runs the silence rule (Config::default); the end-of-turn
+            // model's state machine has its own tests in crates/voice.
+            Action::PredictTurnEnd { .. } => {}
         }
     }
 

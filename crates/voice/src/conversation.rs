@@ -24,7 +24,10 @@ pub const SAMPLE_RATE: u32 = 16_000;
 /// Tunables. The defaults suit a phone call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Silence after speech that ends the caller's turn.
+    /// How the end of the caller's turn is decided.
+    pub end_of_turn: EndOfTurn,
+    /// Silence after speech that ends the caller's turn ([`EndOfTurn::Silence`], and
+    /// [`EndOfTurn::Model`] when a verdict failed).
     pub end_of_turn_silence: Duration,
     /// After this much silence (less than `end_of_turn_silence`) transcription starts
     /// early, on the audio so far; if the caller stays silent until the end of the turn,
@@ -69,6 +72,59 @@ pub struct Config {
 }
 
 /// Whom the agent may connect a caller to.
+/// How the end of the caller's turn is decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EndOfTurn {
+    /// After [`Config::end_of_turn_silence`] of silence.
+    Silence,
+    /// A learned model (Smart Turn) judges the audio after a short silence
+    /// ([`Action::PredictTurnEnd`]): a complete turn ends then, an incomplete one waits
+    /// for more speech or for `fallback_silence`.
+    Model(ModelTurn),
+}
+
+/// The end-of-turn model's timings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelTurn {
+    /// Silence after enough speech at which the model is asked (and the transcription
+    /// starts early, so a complete turn is answered at once).
+    pub check_silence: Duration,
+    /// Silence after which the turn ends whatever the model said: a caller who paused
+    /// mid-sentence has usually gone on within a second and a half, and longer
+    /// waits make a wrong "incomplete" verdict feel like a dead line.
+    pub fallback_silence: Duration,
+    /// Probabilities above this are "complete".
+    pub threshold: f32,
+}
+
+impl Default for ModelTurn {
+    fn default() -> Self {
+        Self {
+            check_silence: Duration::from_millis(200),
+            fallback_silence: Duration::from_millis(1600),
+            threshold: 0.5,
+        }
+    }
+}
+
+/// Identifies one [`Action::PredictTurnEnd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TurnCheckId(pub u64);
+
+/// What decided (or did not decide) the end of a turn in [`EndOfTurn::Model`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TurnVerdict {
+    /// The model said the turn is complete; it ended at once.
+    Complete,
+    /// The model said the caller is not done; the agent keeps listening.
+    Incomplete,
+    /// The silence fallback ended the turn (the model said incomplete or had not
+    /// answered).
+    Fallback,
+    /// The model failed; the silence rule ends this turn.
+    Failed,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandoffConfig {
     /// "Connect me to a person" (or the key 0) goes here.
@@ -81,6 +137,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             end_of_turn_silence: Duration::from_millis(600),
+            end_of_turn: EndOfTurn::Silence,
             early_stt_silence: Some(Duration::from_millis(250)),
             min_speech: Duration::from_millis(200),
             barge_in_min_speech: Duration::from_millis(200),
@@ -203,6 +260,10 @@ pub enum Stage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Run speech-to-text on 16 kHz audio; answer with [`Conversation::handle_transcript`].
+    /// Ask the end-of-turn model whether the caller has finished, on the utterance so far
+    /// (16 kHz: pre-roll, speech and the silence after it); answer with
+    /// [`Conversation::handle_turn_prediction`].
+    PredictTurnEnd { check: TurnCheckId, audio: Vec<f32> },
     Transcribe {
         turn: TurnId,
         audio: Vec<f32>,
@@ -305,6 +366,16 @@ pub enum Event {
         turn: TurnId,
     },
 }
+    /// The caller's turn ended after this much silence (whatever decided it).
+    EndOfTurn {
+        silence: Duration,
+    },
+    /// The end-of-turn model's part in a turn ([`EndOfTurn::Model`]); `probability` is
+    /// the model's answer when it gave one.
+    TurnVerdict {
+        verdict: TurnVerdict,
+        probability: Option<f32>,
+    },
 
 // ---- internal state --------------------------------------------------------------------
 
@@ -400,6 +471,18 @@ struct Early {
 }
 
 /// A caller turn being transcribed.
+/// The end-of-turn model's verdict on the current utterance, asked for or received.
+#[derive(Debug)]
+struct TurnCheck {
+    id: TurnCheckId,
+    /// The utterance and how far its speech went when the model was asked: a verdict
+    /// only counts while the caller has not spoken since.
+    utterance: u64,
+    speech_end: usize,
+    /// `None` while the model is working.
+    verdict: Option<TurnVerdict>,
+}
+
 #[derive(Debug)]
 struct Pending {
     turn: TurnId,
@@ -423,6 +506,8 @@ pub struct Conversation {
     pending: Option<Pending>,
     early: Option<Early>,
     reply: Option<Reply>,
+    turn_check: Option<TurnCheck>,
+    next_turn_check: u64,
     next_turn: u64,
     next_utterance: u64,
     next_clip: u64,
@@ -486,6 +571,8 @@ impl Conversation {
         // The greeting is made from memory; storing it would feed memory its own words.
         reply.remember_played = false;
         if greeting == Prompt::Greeting.text() {
+            turn_check: None,
+            next_turn_check: 0,
             c.push_prompt_clip(&mut reply, Prompt::Greeting);
         } else {
             reply.tts_fallback = Prompt::Greeting;
@@ -643,6 +730,10 @@ impl Conversation {
             self.end_of_turn(now);
         }
     }
+        if let EndOfTurn::Model(model) = self.cfg.end_of_turn {
+            self.model_end_of_turn(now, model, voiced, silence, len);
+            return;
+        }
 
     fn drop_utterance(&mut self) {
         if let Some(u) = self.utterance.take() {
@@ -662,6 +753,131 @@ impl Conversation {
         self.last_activity = now;
         if let Some(pending) = self.pending.take() {
             // Still transcribing: the caller is continuing; transcribe it all together.
+    /// The end-of-turn rules of [`EndOfTurn::Model`], after a frame of the current
+    /// utterance while the agent is listening.
+    fn model_end_of_turn(
+        &mut self,
+        now: Instant,
+        model: ModelTurn,
+        voiced: usize,
+        silence: usize,
+        len: usize,
+    ) {
+        let Some(u) = self.utterance.as_ref() else {
+            return;
+        };
+        let (serial, speech_end) = (u.serial, u.speech_end);
+        if self
+            .turn_check
+            .as_ref()
+            .is_some_and(|c| c.utterance != serial || c.speech_end != speech_end)
+        {
+            // The caller went on: a verdict on the audio before is stale.
+            self.turn_check = None;
+        }
+        if voiced < samples(self.cfg.min_speech) {
+            if silence >= samples(self.cfg.end_of_turn_silence) {
+                self.drop_utterance(); // a click or a cough
+            }
+            return;
+        }
+        let verdict = self.turn_check.as_ref().and_then(|c| c.verdict);
+        let silence_rule = verdict == Some(TurnVerdict::Failed)
+            && silence >= samples(self.cfg.end_of_turn_silence);
+        if silence >= samples(model.fallback_silence) {
+            if verdict != Some(TurnVerdict::Failed) {
+                self.events.push_back(Event::TurnVerdict {
+                    verdict: TurnVerdict::Fallback,
+                    probability: None,
+                });
+            }
+            self.turn_check = None;
+            self.end_of_turn(now);
+        } else if silence_rule || len >= samples(self.cfg.max_utterance) {
+            self.turn_check = None;
+            self.end_of_turn(now);
+        } else if silence >= samples(model.check_silence) && self.turn_check.is_none() {
+            self.check_turn(now);
+        }
+    }
+
+    /// Asks the end-of-turn model about the utterance so far (with the audio carried
+    /// over from an abandoned turn in front, which is the same sentence), and starts
+    /// its transcription at the same time: if the verdict is "complete", the turn is
+    /// answered with the transcript as soon as it is ready.
+    fn check_turn(&mut self, now: Instant) {
+        let Some(u) = self.utterance.as_ref() else {
+            return;
+        };
+        let mut audio = self
+            .carry
+            .as_ref()
+            .map(|(earlier, _)| earlier.clone())
+            .unwrap_or_default();
+        audio.extend_from_slice(&u.audio);
+        self.next_turn_check += 1;
+        let id = TurnCheckId(self.next_turn_check);
+        self.turn_check = Some(TurnCheck {
+            id,
+            utterance: u.serial,
+            speech_end: u.speech_end,
+            verdict: None,
+        });
+        self.push_action(Action::PredictTurnEnd { check: id, audio });
+        self.start_early(now);
+    }
+
+    /// The end-of-turn model's answer to [`Action::PredictTurnEnd`]: the probability that
+    /// the caller has finished. Complete (above the threshold) and nothing said since:
+    /// the turn ends now. Incomplete: the agent keeps listening (until more speech or the
+    /// fallback silence). A failure: the silence rule ends this turn. A verdict on audio
+    /// the caller has since added to is ignored.
+    pub fn handle_turn_prediction(
+        &mut self,
+        now: Instant,
+        check: TurnCheckId,
+        result: Result<f32, StageError>,
+    ) {
+        let EndOfTurn::Model(model) = self.cfg.end_of_turn else {
+            return;
+        };
+        if self.state != State::Listening {
+            return;
+        }
+        let Some(c) = self
+            .turn_check
+            .as_mut()
+            .filter(|c| c.id == check && c.verdict.is_none())
+        else {
+            return; // stale or answered
+        };
+        let Some(u) = self
+            .utterance
+            .as_ref()
+            .filter(|u| u.serial == c.utterance && u.speech_end == c.speech_end)
+        else {
+            self.turn_check = None; // the caller spoke again
+            return;
+        };
+        let silence = u.silence_samples;
+        let (verdict, probability) = match result {
+            Ok(p) if p > model.threshold => (TurnVerdict::Complete, Some(p)),
+            Ok(p) => (TurnVerdict::Incomplete, Some(p)),
+            Err(_) => (TurnVerdict::Failed, None),
+        };
+        c.verdict = Some(verdict);
+        self.events.push_back(Event::TurnVerdict {
+            verdict,
+            probability,
+        });
+        let silence_rule =
+            verdict == TurnVerdict::Failed && silence >= samples(self.cfg.end_of_turn_silence);
+        if verdict == TurnVerdict::Complete || silence_rule {
+            self.turn_check = None;
+            self.end_of_turn(now);
+        }
+    }
+
             self.push_action(Action::Cancel { turn: pending.turn });
             self.carry = Some((pending.audio, pending.voiced_samples));
         }
@@ -772,6 +988,9 @@ impl Conversation {
                     self.handle_transcript(now, e.turn, result);
                 }
                 return;
+        self.events.push_back(Event::EndOfTurn {
+            silence: duration_of(u.silence_samples),
+        });
             }
             self.push_action(Action::Cancel { turn: e.turn });
         }

@@ -18,8 +18,9 @@ pub mod text;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use conversation::{
-    Action, CallInfo, ClipId, Config, Conversation, Event, HandoffConfig, HangUpReason,
-    PlaybackProgress, Prompt, ReplyChunk, Stage, State, TurnId, TurnTimings, SAMPLE_RATE,
+    Action, CallInfo, ClipId, Config, Conversation, EndOfTurn, Event, HandoffConfig, HangUpReason,
+    ModelTurn, PlaybackProgress, Prompt, ReplyChunk, Stage, State, TurnCheckId, TurnId,
+    TurnTimings, TurnVerdict, SAMPLE_RATE,
 };
 pub use splitter::SentenceSplitter;
 pub use stage::{
