@@ -171,7 +171,8 @@ pub async fn run(
                     | Event::CallAnswered { call, .. }
                     | Event::CallFailed { call, .. }
                     | Event::ReInviteAnswered { call, .. }
-                    | Event::ReInviteFailed { call, .. } => *call,
+                    | Event::ReInviteFailed { call, .. }
+                    | Event::Refer { call, .. } => *call,
                     _ => continue,
                 };
                 if let Some(owner) = legs.get(&call).copied() {
@@ -394,6 +395,12 @@ async fn start_call(
         authenticated: incoming.authenticated_user.is_some(),
         srtp_policy: layer.profile.rtp.srtp.policy(),
         srtp: None,
+        users: layer
+            .profile
+            .users
+            .iter()
+            .map(|u| u.extension.clone())
+            .collect(),
     };
     let delay = Duration::from_millis(layer.profile.calls.answer_delay_ms.into());
     tokio::spawn(task.run(events, answer, params, delay));
@@ -415,7 +422,12 @@ fn caller_id(incoming: &IncomingCall) -> String {
     if let Some(user) = &incoming.authenticated_user {
         return user.clone();
     }
-    let uri = incoming.from.trim_start_matches('<');
+    uri_user(&incoming.from)
+}
+
+/// The user part of a SIP URI (`sip:1001@host` -> `1001`).
+fn uri_user(uri: &str) -> String {
+    let uri = uri.trim_start_matches('<');
     let rest = uri
         .strip_prefix("sips:")
         .or_else(|| uri.strip_prefix("sip:"))
@@ -477,6 +489,8 @@ struct CallTask {
     srtp_policy: sofia_media::SrtpPolicy,
     /// The caller's SRTP, once media runs with agreed keys.
     srtp: Option<media::Srtp>,
+    /// The users' extensions: where a caller's REFER may send it.
+    users: Vec<String>,
 }
 
 /// How handing the caller to a person came out.
@@ -589,11 +603,13 @@ impl CallTask {
         let ended = self
             .media_loop(&mut session, &mut events, agent.as_mut())
             .await;
-        if let Some(agent) = agent.as_mut() {
-            agent.finish(Instant::now());
-        }
+        // BYE first: finishing may wait for the caller's last words to be transcribed,
+        // and the phone must not hold a dead call meanwhile.
         if !ended {
             self.endpoint.command(self.call, CallCommand::Hangup);
+        }
+        if let Some(agent) = agent.as_mut() {
+            agent.finish(Instant::now()).await;
         }
         let stats = session.stats();
         self.report_rejected(&stats);
@@ -637,6 +653,8 @@ impl CallTask {
         let mut rtcp_buf = vec![0u8; 2048];
         let mut lifecycle = self.lifecycle.clone();
         loop {
+            // A REFER from the caller, handled once the select below has let go.
+            let mut refer = None;
             let mut wake = session.poll_timeout();
             if let Some(t) = agent.as_ref().and_then(|a| a.poll_timeout()) {
                 wake = wake.min(t);
@@ -693,6 +711,7 @@ impl CallTask {
                         return true;
                     }
                     Some(Event::ReInvite { body, .. }) => self.handle_reinvite(session, body),
+                    Some(Event::Refer { refer_to, .. }) => refer = Some(refer_to),
                     Some(Event::Info { body: Some(body), .. }) => {
                         if let Some(digit) = info_dtmf(&body) {
                             info!("call to {}: DTMF digit {digit} (SIP INFO)", self.extension);
@@ -703,6 +722,14 @@ impl CallTask {
                     }
                     Some(_) => {}
                 },
+            }
+            if let Some(refer_to) = refer {
+                if self
+                    .refer(session, events, agent.as_deref_mut(), &refer_to)
+                    .await
+                {
+                    return true;
+                }
             }
             let now = Instant::now();
             while let Some(event) = session.poll_event() {
@@ -741,7 +768,7 @@ impl CallTask {
                         return false;
                     }
                     Some(AgentRequest::Transfer(target)) => {
-                        match self.hand_off(session, events, &target).await {
+                        match self.hand_off(session, events, &target, false).await {
                             HandOff::Over => {
                                 self.metrics.agent_transfer("connected");
                                 return true;
@@ -765,15 +792,68 @@ impl CallTask {
         }
     }
 
-    /// A re-INVITE (hold, unhold, session refresh): answer from the same SDP session.
+    /// A blind transfer the caller asked for (RFC 3515 REFER, already answered 202):
+    /// on an agent call to a user's extension, the caller is handed to that user's
+    /// phones as the agent's own hand-off does, and the NOTIFYs say how it goes (100,
+    /// then 200 once a phone answers, or the failure, and the caller is back with the
+    /// agent). Anything else is refused with a final NOTIFY 403. Returns true when the
+    /// call is over.
+    async fn refer(
+        &mut self,
+        session: &mut sofia_media::MediaSession,
+        events: &mut CallEvents,
+        agent: Option<&mut AgentCall>,
+        refer_to: &str,
+    ) -> bool {
+        let target = uri_user(refer_to);
+        let Some(agent) = agent.filter(|_| self.users.contains(&target)) else {
+            info!(
+                "call to {}: REFER to {refer_to} refused, 403",
+                self.extension
+            );
+            self.metrics.transfer("refused");
+            self.endpoint
+                .command(self.call, CallCommand::NotifyRefer(403));
+            return false;
+        };
+        info!(
+            "call to {}: REFER from {} to {target} accepted",
+            self.extension, self.caller
+        );
+        self.metrics.transfer("accepted");
+        self.endpoint
+            .command(self.call, CallCommand::NotifyRefer(100));
+        // The agent stops talking: the caller asked to go elsewhere.
+        session.flush_playback();
+        match self.hand_off(session, events, &target, true).await {
+            HandOff::Over => {
+                self.metrics.transfer("connected");
+                true
+            }
+            HandOff::Failed(status) => {
+                self.metrics.transfer("failed");
+                info!(
+                    "call to {}: {target} did not take the transfer ({status}); back to the agent",
+                    self.extension
+                );
+                self.endpoint
+                    .command(self.call, CallCommand::NotifyRefer(status));
+                agent.transfer_failed(Instant::now(), &target, status);
+                false
+            }
+        }
+    }
+
     /// Hands the caller to `target`'s phones (as a call between phones does), keeping
-    /// the caller's media going while they ring; once one answers, relays the two
-    /// until either hangs up.
+    /// the caller's media going while they ring; once one answers (reported to the
+    /// caller's REFER subscription when `referred`), relays the two until either hangs
+    /// up.
     async fn hand_off(
         &mut self,
         session: &mut sofia_media::MediaSession,
         events: &mut CallEvents,
         target: &str,
+        referred: bool,
     ) -> HandOff {
         let Some(ports_b) = self.pool.bind().await else {
             warn!("call to {}: no free RTP ports to hand off", self.extension);
@@ -907,6 +987,10 @@ impl CallTask {
             "call to {}: {target} answered; the caller is connected",
             self.extension
         );
+        if referred {
+            self.endpoint
+                .command(self.call, CallCommand::NotifyRefer(200));
+        }
         let srtp_b = match media::Srtp::for_params(&params_b) {
             Ok(srtp) => srtp,
             Err(e) => {

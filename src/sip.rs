@@ -57,6 +57,9 @@ pub enum CallCommand {
     Hangup,
     /// A re-INVITE from the switch with this offer (hold mirrored from the other leg).
     ReInvite(Body),
+    /// A NOTIFY of the call's REFER subscription with the referred call's status
+    /// (RFC 3515: 100 while it rings, then the final status).
+    NotifyRefer(u16),
 }
 
 /// What the endpoint task tells the call layer.
@@ -333,6 +336,9 @@ impl EndpointTask {
                                 CallCommand::Hangup => self.endpoint.hangup(now, call),
                                 CallCommand::ReInvite(body) => {
                                     self.endpoint.reinvite(now, call, body)
+                                }
+                                CallCommand::NotifyRefer(status) => {
+                                    self.endpoint.notify_refer(now, call, status).map(|_| ())
                                 }
                             };
                             if let Err(e) = result {

@@ -173,3 +173,78 @@ fn with_nobody_there_the_agent_says_so_and_keeps_the_caller() {
         "the agent did not say nobody was there: {after:?}"
     );
 }
+
+/// A caller transfers itself from the agent with REFER (RFC 3515 blind transfer): a
+/// SIPp caller (1000) calls 5555, talks (the sip-tester speech pcap) and sends REFER
+/// to <sip:1001@...>; its scenario (fixtures/sipp/refer_agent.xml) passes only with
+/// 202, a NOTIFY "SIP/2.0 100 Trying" and then "SIP/2.0 200 OK" as message/sipfrag.
+/// 1001, a baresip that answers by itself, must then hear the caller's speech.
+#[test]
+fn a_refer_from_the_caller_puts_it_through_to_1001_with_sipfrag_notifies() {
+    let _one_at_a_time = ONE_CALL_AT_A_TIME.lock();
+    let data = tempfile::tempdir().unwrap();
+    let words = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start(data.path(), port);
+    let person_mic = words.path().join("person.wav");
+    write_wav(&person_mic, PHONE_RATE, &tone(PHONE_RATE, 1200.0, 20.0));
+    let person = Baresip::new_as(
+        "1001",
+        port,
+        &person_mic,
+        Options {
+            password: "person-secret",
+            codec: "PCMU",
+            rate: PHONE_RATE,
+            record: true,
+            console: false,
+        },
+    );
+    let person_run = person
+        .wait_for_calls(60)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baresip runs");
+    common::wait_saved_registration(data.path(), "\"1001\"");
+
+    let caller = common::sipp(
+        "refer_agent.xml",
+        port,
+        &[
+            "-s",
+            "5555",
+            "-au",
+            "1000",
+            "-ap",
+            "agent-secret",
+            "-key",
+            "caller",
+            "1000",
+        ],
+    );
+    common::assert_sipp_ok(&caller, "1000's REFER from the agent to 1001");
+    let log = server.wait_for("call to 5555 over").join("\n");
+    // The call is over: baresip has closed its recording; it can go.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &person_run.id().to_string()])
+        .status();
+    let out = person_run.wait_with_output().unwrap();
+    let person_log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    server.terminate();
+    assert!(log.contains("REFER from 1000 to 1001 accepted"), "{log}");
+    assert!(log.contains("1001 answered"), "{log}");
+
+    // 1001 heard the caller's speech (loud somewhere in its recording).
+    let (heard, rate) = read_wav(&std::fs::read(person.heard(&person_log)).unwrap());
+    let window = rate as usize / 2;
+    let loudest = heard
+        .chunks(window)
+        .map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt())
+        .fold(0f32, f32::max);
+    assert!(
+        loudest > 0.02,
+        "1001 did not hear the caller: loudest rms {loudest:.3}\n{log}"
+    );
+}
