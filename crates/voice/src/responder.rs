@@ -45,6 +45,17 @@ fn topic_phrase(said: &str) -> String {
     format!("that {turned}")
 }
 
+/// Most of the caller's words the agent says back ("You said ..."): enough to show it
+/// heard, short enough that it never reads a long turn (or a transcription loop) back.
+const MAX_SAID_BACK_WORDS: usize = 12;
+
+/// The caller's first sentence, if it is short enough to say back.
+fn said_back(said: &str) -> Option<&str> {
+    let end = said.find(['.', '!', '?']).map_or(said.len(), |i| i + 1);
+    let first = said[..end].trim();
+    (!first.is_empty() && text::words(first).len() <= MAX_SAID_BACK_WORDS).then_some(first)
+}
+
 /// The first words of a call: a returning caller is welcomed by name with the most
 /// salient thing from their last call.
 pub fn greeting(memory: &Recollection, now_ms: i64) -> String {
@@ -141,7 +152,8 @@ fn lower_first(s: &str) -> String {
 
 /// The reply to the caller's newest turn.
 pub fn reply(request: &GenerateRequest) -> Reply {
-    let said = request.caller_text().trim();
+    let said = text::collapse_repeats(request.caller_text().trim());
+    let said = said.as_str();
     let mut name = request.memory.name.clone();
     // Names given earlier in this call count too.
     let mut last_agent = "";
@@ -220,12 +232,19 @@ pub fn reply(request: &GenerateRequest) -> Reply {
         return Reply::say(format!("Yes, I'm here{name_suffix}. How can I help you?"));
     }
     if text::is_question(said) {
-        let asked = said.trim_end_matches(['?', '.', '!']);
-        return Reply::say(format!(
-            "You asked: {asked}? I can't look that up right now, but I've noted your question."
-        ));
+        let noted = "I can't look that up right now, but I've noted your question.";
+        return Reply::say(match said_back(said) {
+            Some(asked) => format!(
+                "You asked: {}? {noted}",
+                asked.trim_end_matches(['?', '.', '!'])
+            ),
+            None => noted.to_string(),
+        });
     }
-    let restated = format!("You said {}.", text::second_person(said));
+    let restated = match said_back(said) {
+        Some(first) => format!("You said {}.", text::second_person(first)),
+        None => "Got it.".to_string(),
+    };
     if name.is_none() && !asked_name_this_call {
         return Reply::say(format!(
             "{restated} I'll remember that. By the way, what's your name?"
@@ -389,8 +408,43 @@ mod tests {
 
     #[test]
     fn says_goodbye_and_hangs_up() {
-        let r = reply(&request(Recollection::default(), &[(Role::Caller, "Bye!")]));
-        assert!(r.hang_up);
-        assert_eq!(r.text, "Goodbye! Thanks for calling.");
+        for said in [
+            "Bye!",
+            "Bye.",
+            "Goodbye.",
+            "Thank you, bye.",
+            "Okay, bye then.",
+            "Goodbye Goodbye Goodbye Goodbye Goodbye Goodbye Goodbye Goodbye Goodbye",
+        ] {
+            let r = reply(&request(Recollection::default(), &[(Role::Caller, said)]));
+            assert!(r.hang_up, "{said:?} did not end the call: {r:?}");
+            assert_eq!(r.text, "Goodbye! Thanks for calling.");
+        }
+    }
+
+    #[test]
+    fn never_reads_a_long_turn_back() {
+        let answer = |said: &str| reply(&request(Recollection::default(), &[(Role::Caller, said)]));
+        let long = "I would like to book a table for six people on Friday evening \
+                    at eight near the window because it is my mother's birthday";
+        assert_eq!(
+            answer(long).text,
+            "Got it. I'll remember that. By the way, what's your name?"
+        );
+        for (said, starts) in [
+            // A loop is said back once.
+            (
+                "I need a taxi. I need a taxi. I need a taxi. I need",
+                "You said you need a taxi. ",
+            ),
+            // Only the first sentence.
+            (
+                "When do you open? I also wanted to ask about parking.",
+                "You asked: When do you open? ",
+            ),
+        ] {
+            let r = answer(said);
+            assert!(r.text.starts_with(starts), "{said:?}: {}", r.text);
+        }
     }
 }

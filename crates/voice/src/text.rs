@@ -20,6 +20,104 @@ fn has_phrase(words: &[String], phrase: &str) -> bool {
         .any(|w| w.iter().zip(&p).all(|(a, b)| a == b))
 }
 
+/// Digits said as words or written as numbers: a run of them ("one zero zero zero") is
+/// an extension or a phone number, not a decoding loop.
+fn is_number_word(word: &str) -> bool {
+    matches!(
+        word,
+        "zero"
+            | "oh"
+            | "one"
+            | "two"
+            | "three"
+            | "four"
+            | "five"
+            | "six"
+            | "seven"
+            | "eight"
+            | "nine"
+    ) || word.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Removes what is left of a speech-to-text repetition loop, which on a short clip
+/// repeats the last words until the token budget runs out: a sentence said again
+/// ("Hi. Hi. Hi." -> "Hi."), a phrase said twice or more in a row, a single word three
+/// times or more ("Goodbye Goodbye Goodbye" -> "Goodbye", "thank you bye bye bye bye"
+/// -> "thank you bye"; "bye bye" is how people talk), and the cut-off start of one more
+/// repeat at the end ("Thank you, bye. Thank"). Runs of digits are kept.
+pub fn collapse_repeats(text: &str) -> String {
+    collapse_repeated_phrases(&collapse_repeated_sentences(text))
+}
+
+/// A sentence that was said before, or the start of one (a repeat cut off by the budget).
+fn collapse_repeated_sentences(text: &str) -> String {
+    let mut sentences: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if matches!(c, '.' | '!' | '?') {
+            let end = i + c.len_utf8();
+            sentences.push(text[start..end].trim());
+            start = end;
+        }
+    }
+    let tail = text[start..].trim();
+    let mut out: Vec<&str> = Vec::new();
+    for s in sentences
+        .into_iter()
+        .chain((!tail.is_empty()).then_some(tail))
+    {
+        let key = words(s);
+        // Compared by words, so "Thank you, bye." repeats "Thank you. Bye." and the
+        // cut-off "Thank" is the start of an earlier sentence.
+        let repeat = !key.is_empty()
+            && out
+                .iter()
+                .any(|o| words(o).starts_with(&key) && !key.iter().all(|w| is_number_word(w)));
+        if !repeat && !s.is_empty() {
+            out.push(s);
+        }
+    }
+    out.join(" ")
+}
+
+/// Longest phrase, in words, checked for repetition.
+const MAX_REPEATED_PHRASE: usize = 8;
+
+/// A phrase said again right after itself, and an unfinished repeat at the very end.
+/// The first copy is kept as it was written.
+fn collapse_repeated_phrases(text: &str) -> String {
+    let mut tokens: Vec<&str> = text.split_whitespace().collect();
+    let mut keys: Vec<String> = tokens.iter().map(|t| words(t).join(" ")).collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        let run = (1..=MAX_REPEATED_PHRASE.min((tokens.len() - i) / 2)).find_map(|n| {
+            let unit = &keys[i..i + n];
+            let copies = keys[i..].chunks_exact(n).take_while(|c| *c == unit).count();
+            let needed = if n == 1 { 3 } else { 2 };
+            let loops = copies >= needed && !unit.iter().all(|w| w.is_empty() || is_number_word(w));
+            loops.then_some((n, i + copies * n))
+        });
+        let Some((n, mut end)) = run else {
+            i += 1;
+            continue;
+        };
+        // What follows the run, if it is the start of the phrase and ends the text, is
+        // one more repeat that the budget cut off.
+        let rest = tokens.len() - end;
+        if rest < n && keys[end..] == keys[i..i + rest] {
+            end = tokens.len();
+        }
+        tokens.drain(i + n..end);
+        keys.drain(i + n..end);
+        // The shorter text may now repeat a longer phrase that began earlier.
+        i = 0;
+    }
+    tokens
+        .join(" ")
+        .trim_end_matches([',', ';', ':'])
+        .to_string()
+}
+
 /// Whom the caller asks to be put through to: an extension of `allowed` said as digits
 /// ("transfer me to 1001", "connect me to one zero zero one"), or `default` for "a
 /// person", "a human", "the operator", "someone", or the key 0 (`[DTMF 0]`). `None`
@@ -87,7 +185,8 @@ pub fn handoff_target(text: &str, default: Option<&str>, allowed: &[String]) -> 
 
 /// The caller wants to end the call.
 pub fn is_goodbye(text: &str) -> bool {
-    let w = words(text);
+    // A goodbye caught in a transcription loop ("Goodbye Goodbye ...") is still one.
+    let w = words(&collapse_repeats(text));
     if w.is_empty() || w.len() > 8 {
         return false;
     }
@@ -361,6 +460,13 @@ mod tests {
     fn intents() {
         assert!(is_goodbye("Okay, bye!"));
         assert!(is_goodbye("Goodbye."));
+        assert!(is_goodbye("Bye."));
+        assert!(is_goodbye("Thank you, bye."));
+        assert!(is_goodbye("Okay, bye then."));
+        assert!(is_goodbye(&"Goodbye ".repeat(16)));
+        assert!(!is_goodbye(
+            "Bye the way, I need a taxi to the station tomorrow at nine."
+        ));
         assert!(!is_goodbye("I bought a bicycle"));
         assert!(asks_about_last_time("What did I tell you last time?"));
         assert!(asks_about_last_time("Do you remember what I said?"));
@@ -371,6 +477,46 @@ mod tests {
         assert!(!is_presence_check("Hello, I need a taxi."));
         assert!(is_question("When do you open?"));
         assert!(!is_question("I need a taxi."));
+    }
+
+    #[test]
+    fn repetition_loops_collapse() {
+        assert_eq!(
+            collapse_repeats("Goodbye Goodbye Goodbye Goodbye"),
+            "Goodbye"
+        );
+        assert_eq!(
+            collapse_repeats("thank you bye bye bye bye"),
+            "thank you bye"
+        );
+        assert_eq!(collapse_repeats("Hi. Hi. Hi."), "Hi.");
+        assert_eq!(
+            collapse_repeats("Thank you. Bye. Thank you. Bye. Thank you. Bye. Bye. Thank"),
+            "Thank you. Bye."
+        );
+        assert_eq!(
+            collapse_repeats("Okay, bye then Bye then Okay, bye then Okay, bye then"),
+            "Okay, bye then"
+        );
+        assert_eq!(
+            collapse_repeats("Okay, okay, okay, okay, okay, okay, okay, okay"),
+            "Okay"
+        );
+        assert_eq!(
+            collapse_repeats("Good evening. Good evening. Good"),
+            "Good evening."
+        );
+        // Not loops: a doubled word, digits, words said once.
+        assert_eq!(collapse_repeats("Bye bye!"), "Bye bye!");
+        assert_eq!(
+            collapse_repeats("Transfer me to one zero zero zero."),
+            "Transfer me to one zero zero zero."
+        );
+        assert_eq!(collapse_repeats("Call 12 12 12 12."), "Call 12 12 12 12.");
+        assert_eq!(
+            collapse_repeats("I need a taxi to the station, please."),
+            "I need a taxi to the station, please."
+        );
     }
 
     #[test]
