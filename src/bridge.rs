@@ -428,6 +428,13 @@ pub(crate) async fn relay(
                         mirror_b.settled(leg, sdp_b, endpoint, metrics);
                     }
                 }
+                Some(Event::Refer { call: c, refer_to }) => {
+                    // Transfer out of a call between phones is not built: the phone
+                    // hears so from the subscription's final NOTIFY.
+                    info!("call to {extension}: REFER from {c:?} to {refer_to} not supported, 501");
+                    metrics.transfer("refused");
+                    endpoint.command(c, CallCommand::NotifyRefer(501));
+                }
                 Some(Event::Info { call: c, body: Some(body) }) => {
                     // SIP INFO DTMF goes on as RFC 4733 on the other leg.
                     if let Some(digit) = info_dtmf(&body) {

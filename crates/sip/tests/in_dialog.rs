@@ -265,6 +265,34 @@ fn glare_the_call_id_owner_retries_after_2_1_to_4_seconds() {
     }
 }
 
+/// The phone (1000) calls 5555 (so the phone chose the Call-ID) and hears 180 with
+/// our tag: the call, the phone's UAC and the To value (with our tag) of its dialog.
+fn incoming_call(ep: &mut Endpoint, now: Instant) -> (CallHandle, Uac, String) {
+    let mut uac = Uac::new("1000", "secret1000", PHONE);
+    let bytes = uac.request(
+        "INVITE",
+        &format!("sip:5555@{SWITCH}"),
+        &format!("<sip:5555@{SWITCH}>"),
+        &[
+            "Contact: <sip:1000@198.51.100.20:5062>".into(),
+            "Content-Type: application/sdp".into(),
+        ],
+        b"v=0\r\n",
+    );
+    ep.handle_datagram(now, uac.addr, Transport::Udp, &bytes);
+    drain(ep);
+    let Some(Event::IncomingCall(incoming)) = events(ep).into_iter().next() else {
+        panic!("no call");
+    };
+    ep.ring(now, incoming.call).unwrap();
+    let to_tag = response(&drain(ep)[0]).to.tag().unwrap().to_string();
+    (
+        incoming.call,
+        uac,
+        format!("<sip:5555@{SWITCH}>;tag={to_tag}"),
+    )
+}
+
 #[test]
 fn glare_the_other_side_retries_within_2_seconds() {
     let mut waits = Vec::new();
@@ -274,27 +302,9 @@ fn glare_the_other_side_retries_within_2_seconds() {
         cfg.auth_invite = false;
         let mut now = t0();
         let mut ep = Endpoint::new(cfg, now);
-        // The phone calls the switch: the phone chose the Call-ID.
-        let mut uac = Uac::new("1000", "secret1000", PHONE);
-        let bytes = uac.request(
-            "INVITE",
-            &format!("sip:5555@{SWITCH}"),
-            &format!("<sip:5555@{SWITCH}>"),
-            &[
-                "Contact: <sip:1000@198.51.100.20:5062>".into(),
-                "Content-Type: application/sdp".into(),
-            ],
-            b"v=0\r\n",
-        );
-        ep.handle_datagram(now, uac.addr, Transport::Udp, &bytes);
-        drain(&mut ep);
-        let Some(Event::IncomingCall(incoming)) = events(&mut ep).into_iter().next() else {
-            panic!("no call");
-        };
-        let call = incoming.call;
+        let (call, mut uac, to) = incoming_call(&mut ep, now);
         ep.answer(now, call, sdp(b"v=0\r\n")).unwrap();
-        let to_tag = response(&drain(&mut ep)[0]).to.tag().unwrap().to_string();
-        let to = format!("<sip:5555@{SWITCH}>;tag={to_tag}");
+        drain(&mut ep);
         let ack = uac.request("ACK", &format!("sip:5555@{SWITCH}"), &to, &[], b"");
         ep.handle_datagram(now, uac.addr, Transport::Udp, &ack);
         events(&mut ep);
@@ -475,4 +485,24 @@ fn a_refer_without_one_sip_refer_to_gets_400() {
         .replace("REFER", "NOTIFY");
     let (_, codes) = from_phone(&mut ep, now, notify.as_bytes());
     assert_eq!(codes, vec![481]);
+}
+
+#[test]
+fn a_refer_before_the_call_is_answered_gets_403() {
+    let now = t0();
+    let mut cfg = config();
+    cfg.auth_invite = false;
+    let mut ep = Endpoint::new(cfg, now);
+    let (_, mut uac, to) = incoming_call(&mut ep, now);
+    uac.cseq += 1;
+    let refer = uac.request(
+        "REFER",
+        &format!("sip:5555@{SWITCH}"),
+        &to,
+        &[format!("Refer-To: <sip:1001@{SWITCH}>")],
+        b"",
+    );
+    ep.handle_datagram(now, uac.addr, Transport::Udp, &refer);
+    assert_eq!(statuses(&drain(&mut ep)), vec![403]);
+    assert!(events(&mut ep).is_empty());
 }

@@ -10,7 +10,7 @@
 //! transaction (Timers E and F); its outcome arrives as [`Event::RequestCompleted`].
 //! A REFER without exactly one SIP Refer-To gets 400 (RFC 3515 2.4.1). The endpoint
 //! keeps one transfer per call: a REFER while the previous one's subscription is still
-//! active gets 403. Whether the target is allowed is the application's decision: it
+//! active, or before the call is answered, gets 403. Whether the target is allowed is the application's decision: it
 //! reports a refusal as a final NOTIFY ("SIP/2.0 403 Forbidden").
 
 use std::time::Instant;
@@ -44,6 +44,15 @@ impl Endpoint {
             self.respond(now, key, req, 400, None, &[], None);
             return;
         };
+        let confirmed = self
+            .calls
+            .get(&call)
+            .is_some_and(|c| c.dialog.state == crate::dialog::DialogState::Confirmed);
+        if !confirmed {
+            // Before the call is answered there is nothing to transfer.
+            self.respond(now, key, req, 403, None, &[], None);
+            return;
+        }
         if self.refers.contains(&call) {
             // One transfer at a time per call: its subscription is still reporting.
             self.respond(now, key, req, 403, None, &[], None);
