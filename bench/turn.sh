@@ -45,7 +45,7 @@ done
 port=27060
 "$SOFIA_BIN" models fetch >/dev/null
 SOFIA_LOG=info SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
-  SOFIA_DATA_DIR=$work/data SOFIA_MODELS_DIR=${SOFIA_MODELS_DIR:-$HOME/.local/share/sofia-phone/models} \
+  SOFIA_DATA_DIR=$work/data \
   "$SOFIA_BIN" serve --config bench/profiles/turn.toml > "$work/log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT

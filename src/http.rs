@@ -4,7 +4,8 @@
 //!
 //! `/health` answers 200 while the process serves SIP, with `"status": "starting"` while
 //! the voice agent loads and `"degraded"` when it is unavailable or a stage's circuit
-//! breaker is open in some call: a failing language model must not get the switch
+//! breaker (one per stage, shared by all calls) is open or half-open, its trial request
+//! not yet back: a failing language model must not get the switch
 //! restarted (and its calls dropped) by an orchestrator's liveness probe. Alert on the
 //! status field or the metrics instead.
 //!
@@ -15,6 +16,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -24,7 +26,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use sofia_voice::Stage;
+use sofia_voice::BreakerState;
 use tokio::net::TcpListener;
 
 use crate::metrics::{stage_name, AgentState, Metrics};
@@ -138,21 +140,18 @@ fn readiness(state: &AdminState) -> (bool, Value) {
 
 fn health_body(state: &AdminState) -> Value {
     let m = &state.metrics;
-    let breakers: serde_json::Map<String, Value> = [Stage::Stt, Stage::Llm, Stage::Tts]
-        .into_iter()
-        .map(|stage| {
-            let open = m.breakers_open(stage);
-            let text = if open > 0 {
-                format!("open in {open} calls")
-            } else {
-                "closed".to_string()
-            };
-            (stage_name(stage).to_string(), Value::String(text))
-        })
+    // Until the agent has loaded there are no breakers to show (the status says
+    // "starting" or "degraded" then).
+    let stages = m.stage_breakers(Instant::now());
+    let breakers: serde_json::Map<String, Value> = stages
+        .iter()
+        .flatten()
+        .map(|(stage, state)| (stage_name(*stage).to_string(), json!(state.name())))
         .collect();
-    let any_open = [Stage::Stt, Stage::Llm, Stage::Tts]
-        .into_iter()
-        .any(|s| m.breakers_open(s) > 0);
+    let any_open = stages
+        .iter()
+        .flatten()
+        .any(|(_, state)| !matches!(state, BreakerState::Closed { .. }));
     let agent_state = m.agent_state();
     let agent = if state.agent_configured {
         json!({
@@ -268,19 +267,28 @@ mod tests {
     #[test]
     fn health_is_degraded_while_the_agent_is_unavailable_or_a_breaker_is_open() {
         let s = state(true);
+        let cool_down = std::time::Duration::from_millis(50);
+        let config = sofia_voice::BreakerConfig {
+            failure_threshold: 1,
+            cool_down,
+        };
+        let health = Arc::new(sofia_voice::StageHealth::new(config, config, config));
+        s.metrics.set_stage_health(Arc::clone(&health));
         s.metrics.set_agent_state(AgentState::Ready);
         assert_eq!(health_body(&s)["status"], "ok");
         assert_eq!(health_body(&s)["agent"]["breakers"]["llm"], "closed");
-        let llm = s
-            .metrics
-            .agent_breakers_open
-            .get_or_create(&Metrics::stage(Stage::Llm))
-            .clone();
-        llm.inc();
+        health.record(sofia_voice::Stage::Llm, Instant::now(), false);
         let body = health_body(&s);
         assert_eq!(body["status"], "degraded");
-        assert_eq!(body["agent"]["breakers"]["llm"], "open in 1 calls");
-        llm.dec();
+        assert_eq!(body["agent"]["breakers"]["llm"], "open");
+        assert_eq!(body["agent"]["breakers"]["stt"], "closed");
+        // After the cool-down it waits for a trial: still not healthy.
+        std::thread::sleep(cool_down);
+        let body = health_body(&s);
+        assert_eq!(body["agent"]["breakers"]["llm"], "half-open");
+        assert_eq!(body["status"], "degraded");
+        health.record(sofia_voice::Stage::Llm, Instant::now(), true);
+        assert_eq!(health_body(&s)["status"], "ok");
         s.metrics.set_agent_state(AgentState::Unavailable);
         assert_eq!(health_body(&s)["status"], "degraded");
         assert_eq!(health_body(&s)["agent"]["state"], "unavailable");

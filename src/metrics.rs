@@ -6,7 +6,8 @@
 //! no end path can leak it).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use sofia_voice::Stage;
+use sofia_voice::{BreakerState, Stage, StageHealth};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApplicationLabel {
@@ -106,8 +107,11 @@ pub struct Metrics {
     /// Seconds from the end of the caller's speech to the reply's first audio frame
     /// queued for sending.
     pub agent_turn_latency: Histogram,
-    /// Calls whose breaker for a stage is open right now.
-    pub agent_breakers_open: Family<StageLabel, Gauge>,
+    /// Each stage's circuit breaker (one per process, shared by all calls): 0 closed,
+    /// 1 half-open, 2 open. Read from the breakers at every scrape.
+    pub stage_breaker_state: Family<StageLabel, Gauge>,
+    /// Times a stage's breaker opened (from closed, or again after a failed trial).
+    pub stage_breaker_trips: Family<StageLabel, Counter>,
     /// End-of-turn model verdicts (complete, incomplete, fallback: the silence fallback
     /// ended the turn, failed), in agent.end_of_turn = "model".
     pub agent_turn_verdicts: Family<OutcomeLabel, Counter>,
@@ -159,6 +163,8 @@ pub struct Metrics {
     pub srtp_auth_failures: Counter,
     /// 0 while loading, 1 ready, -1 unavailable.
     agent_state: Arc<AtomicI64>,
+    /// The stages' breakers, once the agent has loaded.
+    stage_health: OnceLock<Arc<StageHealth>>,
     /// Calls in progress over every application (what `calls_active` sums to).
     calls_active_total: AtomicI64,
     /// Set when the switch starts draining on SIGTERM.
@@ -205,11 +211,17 @@ impl Metrics {
             "End of the caller's speech to the first reply frame queued for sending",
             agent_turn_latency.clone(),
         );
-        let agent_breakers_open = Family::<StageLabel, Gauge>::default();
+        let stage_breaker_state = Family::<StageLabel, Gauge>::default();
         registry.register(
-            "agent_breakers_open",
-            "Calls whose circuit breaker for a stage is open",
-            agent_breakers_open.clone(),
+            "stage_breaker_state",
+            "A stage's circuit breaker, shared by all calls: 0 closed, 1 half-open, 2 open",
+            stage_breaker_state.clone(),
+        );
+        let stage_breaker_trips = Family::<StageLabel, Counter>::default();
+        registry.register(
+            "stage_breaker_trips",
+            "Times a stage's circuit breaker opened",
+            stage_breaker_trips.clone(),
         );
         let agent_turn_verdicts = Family::<OutcomeLabel, Counter>::default();
         registry.register(
@@ -349,7 +361,8 @@ impl Metrics {
             agent_barge_ins,
             agent_fallback_replies,
             agent_turn_latency,
-            agent_breakers_open,
+            stage_breaker_state,
+            stage_breaker_trips,
             agent_turn_verdicts,
             agent_turn_model_latency,
             registrations,
@@ -372,6 +385,7 @@ impl Metrics {
             tls_handshakes,
             srtp_auth_failures,
             agent_state,
+            stage_health: OnceLock::new(),
             calls_active_total: AtomicI64::new(0),
             draining: AtomicBool::new(false),
         }
@@ -452,11 +466,22 @@ impl Metrics {
             .inc();
     }
 
-    /// Calls with `stage`'s breaker open now.
-    pub fn breakers_open(&self, stage: Stage) -> i64 {
-        self.agent_breakers_open
+    /// Hands over the agent's stage breakers, for `/health` and the state gauge.
+    pub fn set_stage_health(&self, health: Arc<StageHealth>) {
+        let _ = self.stage_health.set(health);
+    }
+
+    /// Each stage's breaker as of `now`; `None` before the agent has loaded.
+    pub fn stage_breakers(&self, now: Instant) -> Option<[(Stage, BreakerState); 3]> {
+        let health = self.stage_health.get()?;
+        Some([Stage::Stt, Stage::Llm, Stage::Tts].map(|s| (s, health.state(s, now))))
+    }
+
+    /// Counts a breaker opening (the call whose failure opened it reports it).
+    pub fn stage_breaker_tripped(&self, stage: Stage) {
+        self.stage_breaker_trips
             .get_or_create(&Self::stage(stage))
-            .get()
+            .inc();
     }
 
     pub fn set_agent_state(&self, state: AgentState) {
@@ -592,6 +617,17 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        // A breaker moves from open to half-open by time alone: read it now.
+        for (stage, state) in self.stage_breakers(Instant::now()).into_iter().flatten() {
+            let value = match state {
+                BreakerState::Closed { .. } => 0,
+                BreakerState::HalfOpen { .. } => 1,
+                BreakerState::Open { .. } => 2,
+            };
+            self.stage_breaker_state
+                .get_or_create(&Self::stage(stage))
+                .set(value);
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -648,9 +684,17 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let call = ActiveCall::start(&m, "echo");
         m.rejected(404);
-        m.agent_breakers_open
-            .get_or_create(&Metrics::stage(Stage::Llm))
-            .inc();
+        let health = Arc::new(StageHealth::new(
+            sofia_voice::BreakerConfig::default(),
+            sofia_voice::BreakerConfig {
+                failure_threshold: 1,
+                ..sofia_voice::BreakerConfig::default()
+            },
+            sofia_voice::BreakerConfig::default(),
+        ));
+        m.set_stage_health(Arc::clone(&health));
+        health.record(Stage::Llm, Instant::now(), false);
+        m.stage_breaker_tripped(Stage::Llm);
         m.agent_turn_latency.observe(0.8);
         let text = m.encode();
         assert!(
@@ -665,10 +709,13 @@ mod tests {
             text.contains("sofia_calls_rejected_total{status=\"404\"} 1"),
             "{text}"
         );
-        assert!(
-            text.contains("sofia_agent_breakers_open{stage=\"llm\"} 1"),
-            "{text}"
-        );
+        for line in [
+            "sofia_stage_breaker_state{stage=\"llm\"} 2",
+            "sofia_stage_breaker_state{stage=\"stt\"} 0",
+            "sofia_stage_breaker_trips_total{stage=\"llm\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
         assert!(
             text.contains("sofia_agent_turn_latency_seconds_count 1"),
             "{text}"
@@ -677,7 +724,6 @@ mod tests {
         assert!(m
             .encode()
             .contains("sofia_calls_active{application=\"echo\"} 0"));
-        assert_eq!(m.breakers_open(Stage::Llm), 1);
     }
 
     #[test]

@@ -126,6 +126,10 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     std::fs::create_dir_all(&profile.data_dir)
         .with_context(|| format!("creating data dir {}", profile.data_dir.display()))?;
     info!("data dir {}", profile.data_dir.display());
+    info!("models dir {}", profile.models_dir.display());
+    if let Some(note) = &profile.models_note {
+        info!("{note}");
+    }
     let resolved = credentials::resolve(&profile.users, &profile.data_dir)?;
     for credential in &resolved.credentials {
         if resolved.generated.contains(&credential.extension) {

@@ -298,3 +298,62 @@ fn bad_log_format_is_a_usage_error_naming_the_choices() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("invalid value 'yaml'"), "{err}");
 }
+
+/// The quick start (`scripts/serve.sh --data-dir DIR`: `models fetch`, then
+/// `serve --data-dir DIR`) must find the models whatever DIR is: models are a cache
+/// shared by every data dir, not state under it.
+#[test]
+fn serve_with_a_fresh_data_dir_finds_the_fetched_models_and_the_agent_gets_ready() {
+    let data = tempfile::tempdir().unwrap();
+    // What scripts/setup.sh runs (no data dir), and what it would have fetched; no pip
+    // on PATH, so a model it does not find is a failure, not a download.
+    let fetch = sofia()
+        .args(["models", "fetch", "--config", "sip-profiles/default.toml"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let fetched = String::from_utf8_lossy(&fetch.stdout).to_string();
+    assert!(fetch.status.success(), "{fetched}{fetch:?}");
+    let models_line = fetched
+        .lines()
+        .find(|l| l.starts_with("models in "))
+        .unwrap_or_else(|| panic!("no models dir in {fetched}"));
+    let check = sofia()
+        .args(["check-config", "--config", "sip-profiles/default.toml"])
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&check.stdout).to_string();
+    let models_dir = models_line.trim_start_matches("models in ");
+    assert!(
+        checked
+            .lines()
+            .any(|l| l == format!("models    {models_dir}")),
+        "check-config and models fetch disagree on the models dir: {checked}"
+    );
+    // serve with a data dir of its own, as `scripts/serve.sh --data-dir DIR` runs it.
+    let port = free_port();
+    let server = Server::start_with(
+        data.path(),
+        port,
+        Some("1000:secret123"),
+        std::path::Path::new("sip-profiles/default.toml"),
+        // The models dir as an operator's environment gives it (unset: the default).
+        &[(
+            "SOFIA_MODELS_DIR",
+            &std::env::var("SOFIA_MODELS_DIR").unwrap_or_default(),
+        )],
+    );
+    let lines = server.wait_for("voice agent");
+    let last = lines.last().unwrap();
+    assert!(last.contains("voice agent ready"), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("models dir {models_dir}"))),
+        "{lines:#?}"
+    );
+    assert!(
+        !data.path().join("models").exists(),
+        "models are not per data dir"
+    );
+}

@@ -31,16 +31,34 @@ pub const PHONE_RATE: u32 = 8_000;
 /// `serve` with the default profile, 1000 as the only user and the real models; returns
 /// once the agent has loaded.
 pub fn start_server(data: &Path, port: u16) -> Server {
+    start_server_with(data, port, Path::new("sip-profiles/default.toml")).0
+}
+
+/// [`start_server`] with another profile; also returns the log up to the agent being
+/// ready (it names the metrics address).
+pub fn start_server_with(data: &Path, port: u16, profile: &Path) -> (Server, Vec<String>) {
+    start_server_env(data, port, profile, &[])
+}
+
+/// [`start_server_with`] with more environment for `serve`.
+pub fn start_server_env(
+    data: &Path,
+    port: u16,
+    profile: &Path,
+    env: &[(&str, &str)],
+) -> (Server, Vec<String>) {
     let models = models_dir();
+    let mut vars = vec![("SOFIA_MODELS_DIR", models.to_str().unwrap())];
+    vars.extend_from_slice(env);
     let server = Server::start_with(
         data,
         port,
         Some(&format!("1000:{PASSWORD}")),
-        Path::new("sip-profiles/default.toml"),
-        &[("SOFIA_MODELS_DIR", models.to_str().unwrap())],
+        profile,
+        &vars,
     );
-    server.wait_for("voice agent ready");
-    server
+    let log = server.wait_for("voice agent ready");
+    (server, log)
 }
 
 /// One baresip call from 1000 to 5555 whose microphone plays `mic` (16 kHz samples);
@@ -78,4 +96,22 @@ pub fn transcribe(stt: &WhisperStt, audio: &[f32]) -> String {
         )
         .expect("transcribe");
     heard.text.to_lowercase()
+}
+
+/// A copy of the default profile in `dir` with the keys named set to the values given
+/// (each key's first line `key = ...` is replaced; keys are unique across sections in
+/// the default profile).
+pub fn profile_with(dir: &Path, values: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string("sip-profiles/default.toml").unwrap();
+    for (key, value) in values {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in the default profile"))
+            .to_string();
+        text = text.replacen(&line, &format!("{key} = {value}"), 1);
+    }
+    let path = dir.join("profile.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }

@@ -7,9 +7,10 @@
 //! carries out what [`Conversation::poll_action`] asks for.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use crate::breaker::{BreakerConfig, BreakerState, StageHealth};
 use crate::responder;
 use crate::splitter::SentenceSplitter;
 use crate::stage::{
@@ -511,9 +512,9 @@ pub struct Conversation {
     next_turn: u64,
     next_utterance: u64,
     next_clip: u64,
-    stt_breaker: CircuitBreaker,
-    llm_breaker: CircuitBreaker,
-    tts_breaker: CircuitBreaker,
+    /// The stages' breakers: shared by every call of the process (see
+    /// [`Conversation::with_health`]), or this call's own.
+    health: Arc<StageHealth>,
     last_activity: Instant,
     last_frame: Option<Instant>,
     reprompts: u32,
@@ -536,13 +537,30 @@ fn duration_of(n: usize) -> Duration {
 
 impl Conversation {
     /// Starts a call that has just been answered: queues the greeting. `memory` is what
-    /// [`Memory::open_call`](crate::Memory::open_call) returned for this caller.
+    /// [`Memory::open_call`](crate::Memory::open_call) returned for this caller. The
+    /// call's breakers are its own; a process with many calls shares them through
+    /// [`with_health`](Self::with_health).
     pub fn new(cfg: Config, call: CallInfo, memory: Recollection) -> Self {
+        let health = Arc::new(StageHealth::new(
+            cfg.stt_breaker,
+            cfg.llm_breaker,
+            cfg.tts_breaker,
+        ));
+        Self::with_health(cfg, call, memory, health)
+    }
+
+    /// As [`new`](Self::new), with the stages' breakers shared with other calls: what
+    /// one call learns about a failing stage, the next call acts on at once. The
+    /// breaker settings in `cfg` are then those `health` was made with.
+    pub fn with_health(
+        cfg: Config,
+        call: CallInfo,
+        memory: Recollection,
+        health: Arc<StageHealth>,
+    ) -> Self {
         let now = call.started;
         let mut c = Self {
-            stt_breaker: CircuitBreaker::new(cfg.stt_breaker),
-            llm_breaker: CircuitBreaker::new(cfg.llm_breaker),
-            tts_breaker: CircuitBreaker::new(cfg.tts_breaker),
+            health,
             cfg,
             call,
             memory,
@@ -598,7 +616,7 @@ impl Conversation {
 
     /// The breaker of a stage, as health checks show it.
     pub fn breaker_state(&self, stage: Stage, now: Instant) -> BreakerState {
-        self.breaker(stage).state(now)
+        self.health.state(stage, now)
     }
 
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -927,7 +945,10 @@ impl Conversation {
     /// over from an abandoned turn.
     fn start_early(&mut self, now: Instant) {
         self.cancel_early();
-        let closed = matches!(self.stt_breaker.state(now), BreakerState::Closed { .. });
+        let closed = matches!(
+            self.health.state(Stage::Stt, now),
+            BreakerState::Closed { .. }
+        );
         let Some(u) = self
             .utterance
             .as_ref()
@@ -1005,7 +1026,7 @@ impl Conversation {
         let turn = self.new_turn();
         let mut timings = TurnTimings::new(turn);
         timings.end_of_speech = Some(now);
-        if !self.stt_breaker.try_acquire(now) {
+        if !self.health.try_acquire(Stage::Stt, now) {
             self.stt_unavailable(now, turn, timings);
             return;
         }
@@ -1051,7 +1072,7 @@ impl Conversation {
         match result {
             Err(_) => {
                 self.record(Stage::Stt, now, false);
-                if self.stt_breaker.is_open(now) {
+                if self.health.is_open(Stage::Stt, now) {
                     self.stt_unavailable(now, turn, timings);
                 } else {
                     let mut reply = self.new_reply(turn, timings);
@@ -1114,7 +1135,7 @@ impl Conversation {
             reply.hang_up = Some(HangUpReason::Goodbye);
         }
         let request = self.request(now, &text);
-        if self.cfg.use_llm && self.llm_breaker.try_acquire(now) {
+        if self.cfg.use_llm && self.health.try_acquire(Stage::Llm, now) {
             reply.llm = LlmPhase::Waiting {
                 first_deadline: now + self.cfg.llm_first_text_timeout,
                 deadline: now + self.cfg.llm_timeout,
@@ -1579,9 +1600,9 @@ impl Conversation {
                 .iter()
                 .all(|c| matches!(c.source, ClipSource::Prompt(_)));
             let allowed = if first {
-                self.tts_breaker.try_acquire(now)
+                self.health.try_acquire(Stage::Tts, now)
             } else {
-                !self.tts_breaker.is_open(now)
+                !self.health.is_open(Stage::Tts, now)
             };
             if !allowed {
                 tts_refused = Some(idx);
@@ -1731,32 +1752,10 @@ impl Conversation {
 
     // ---- bookkeeping ------------------------------------------------------------------
 
-    fn breaker(&self, stage: Stage) -> &CircuitBreaker {
-        match stage {
-            Stage::Stt => &self.stt_breaker,
-            Stage::Llm => &self.llm_breaker,
-            Stage::Tts => &self.tts_breaker,
-        }
-    }
-
     fn record(&mut self, stage: Stage, now: Instant, ok: bool) {
-        let breaker = match stage {
-            Stage::Stt => &mut self.stt_breaker,
-            Stage::Llm => &mut self.llm_breaker,
-            Stage::Tts => &mut self.tts_breaker,
-        };
-        let before = breaker.state(now).name();
-        if ok {
-            breaker.record_success(now);
-        } else {
-            breaker.record_failure(now);
-        }
-        let after = breaker.state(now);
-        if after.name() != before {
-            self.events.push_back(Event::Breaker {
-                stage,
-                state: after,
-            });
+        // Only the call whose outcome changed the shared state reports the change.
+        if let Some(state) = self.health.record(stage, now, ok) {
+            self.events.push_back(Event::Breaker { stage, state });
         }
     }
 

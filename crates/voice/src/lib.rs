@@ -1,7 +1,8 @@
 //! sofia-voice: the sans-IO conversation core of the voice agent.
 //!
 //! What it owns: the per-call [`Conversation`] controller (listening, thinking, speaking;
-//! end of turn, barge-in, silence and call-length timers), the [`CircuitBreaker`], the
+//! end of turn, barge-in, silence and call-length timers), the [`CircuitBreaker`] and the
+//! process-wide [`StageHealth`] (one breaker per stage shared by all calls), the
 //! streaming [`SentenceSplitter`], the built-in offline [`responder`], and one small trait
 //! per pipeline stage ([`Stt`], [`Llm`], [`Tts`], [`Memory`]).
 //!
@@ -16,7 +17,7 @@ pub mod splitter;
 pub mod stage;
 pub mod text;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, StageHealth};
 pub use conversation::{
     Action, CallInfo, ClipId, Config, Conversation, EndOfTurn, Event, HandoffConfig, HangUpReason,
     ModelTurn, PlaybackProgress, Prompt, ReplyChunk, Stage, State, TurnCheckId, TurnId,
