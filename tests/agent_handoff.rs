@@ -45,6 +45,31 @@ fn share_between(audio: &[f32], rate: u32, from: f32, to: f32, freq: f32) -> f32
     tone_share(&audio[a..b], rate, freq)
 }
 
+/// The person: a baresip registered as 1001 that answers by itself, its microphone
+/// `mic`, recording what it hears; returns once the switch saved its registration.
+fn person(data: &Path, port: u16, mic: &Path) -> (Baresip, std::process::Child) {
+    let person = Baresip::new_as(
+        "1001",
+        port,
+        mic,
+        Options {
+            password: "person-secret",
+            codec: "PCMU",
+            rate: PHONE_RATE,
+            record: true,
+            console: false,
+        },
+    );
+    let run = person
+        .wait_for_calls(60)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baresip runs");
+    common::wait_saved_registration(data, "\"1001\"");
+    (person, run)
+}
+
 #[test]
 fn asking_for_a_person_connects_the_caller_to_the_handoff_extension() {
     let _one_at_a_time = ONE_CALL_AT_A_TIME.lock();
@@ -65,25 +90,7 @@ fn asking_for_a_person_connects_the_caller_to_the_handoff_extension() {
         ]
         .concat(),
     );
-    let person = Baresip::new_as(
-        "1001",
-        port,
-        &person_mic,
-        Options {
-            password: "person-secret",
-            codec: "PCMU",
-            rate: PHONE_RATE,
-            record: true,
-            console: false,
-        },
-    );
-    let person_run = person
-        .wait_for_calls(60)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("baresip runs");
-    common::wait_saved_registration(data.path(), "\"1001\"");
+    let (person, person_run) = person(data.path(), port, &person_mic);
 
     // The caller: greeting, the request, time to hear "connecting" and be put through,
     // then 500 Hz for 5 s, then hang up.
@@ -188,25 +195,7 @@ fn a_refer_from_the_caller_puts_it_through_to_1001_with_sipfrag_notifies() {
     let server = start(data.path(), port);
     let person_mic = words.path().join("person.wav");
     write_wav(&person_mic, PHONE_RATE, &tone(PHONE_RATE, 1200.0, 20.0));
-    let person = Baresip::new_as(
-        "1001",
-        port,
-        &person_mic,
-        Options {
-            password: "person-secret",
-            codec: "PCMU",
-            rate: PHONE_RATE,
-            record: true,
-            console: false,
-        },
-    );
-    let person_run = person
-        .wait_for_calls(60)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("baresip runs");
-    common::wait_saved_registration(data.path(), "\"1001\"");
+    let (person, person_run) = person(data.path(), port, &person_mic);
 
     let caller = common::sipp(
         "refer_agent.xml",
