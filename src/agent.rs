@@ -450,10 +450,25 @@ impl AgentCall {
     }
 
     /// The call is over, however it ended (their BYE, ours, shutdown, RTP timeout, the
-    /// time limit): what was played is remembered and memory closes the call.
-    pub fn finish(&mut self, now: Instant) {
+    /// time limit): what was played is remembered, and so is a caller turn still being
+    /// transcribed (waited for, as long as a transcription may take); then memory
+    /// closes the call.
+    pub async fn finish(&mut self, now: Instant) {
         self.conversation.handle_hangup(now);
         self.drain_actions(now, None);
+        let deadline = tokio::time::Instant::now() + self.agent.config.stt_timeout;
+        while self.conversation.awaiting_transcript() {
+            match tokio::time::timeout_at(deadline, self.results.recv()).await {
+                Ok(Some(result)) => {
+                    self.handle_result(Instant::now(), result);
+                    self.drain_actions(Instant::now(), None);
+                }
+                _ => {
+                    warn!("the caller's last words were not transcribed in time; not remembered");
+                    break;
+                }
+            }
+        }
         // The turn cut short by the end is logged and counted like any other.
         while let Some(event) = self.conversation.poll_event() {
             log_event(&event);

@@ -256,7 +256,9 @@ async fn serve(profile: Profile) -> anyhow::Result<()> {
     if !drained {
         info!("hanging up on the calls still in progress");
         let _ = lifecycle.send(Lifecycle::HangUp);
-        if tokio::time::timeout(Duration::from_secs(5), &mut calls)
+        // Long enough for a call to finish: its BYE goes at once, then it may wait for
+        // a caller turn being transcribed (up to the STT timeout) before memory closes it.
+        if tokio::time::timeout(Duration::from_secs(15), &mut calls)
             .await
             .is_err()
         {

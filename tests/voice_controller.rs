@@ -776,3 +776,130 @@ fn without_a_handoff_configured_asking_for_a_person_is_just_a_turn() {
     h.until_listening();
     assert!(h.transfers.is_empty());
 }
+
+/// What was said and played in the last exchange, as memory got it.
+fn last_exchange(h: &Harness) -> (Vec<String>, Vec<String>) {
+    let caller = h
+        .remembered
+        .iter()
+        .filter(|t| t.role == Role::Caller)
+        .map(|t| t.text.clone())
+        .collect();
+    (caller, h.agent_memory())
+}
+
+// Every way a call ends commits its last exchange. The shell ends a call for its own
+// reasons (the far end's BYE, shutdown, no RTP) through `handle_hangup`; the time limit
+// is the conversation's own.
+
+#[test]
+fn time_limit_mid_reply_remembers_what_the_caller_said_and_the_played_part() {
+    let s = Stages::new();
+    let cfg = Config {
+        max_call: Duration::from_secs(8),
+        silence_timeout: Duration::from_secs(600),
+        ..Config::default()
+    };
+    let mut h = harness(cfg, &s);
+    h.until_listening();
+    s.stt.say("My locker code is four seven two nine.");
+    h.speak(ms(800));
+    h.silence(ms(600));
+    // The reply is playing when the limit comes.
+    let limit = h.origin + Duration::from_secs(8);
+    assert!(
+        h.now < limit && h.conv.state() == State::Speaking,
+        "{}",
+        h.summary()
+    );
+    while h.now < limit {
+        h.frame(false);
+    }
+    assert!(h.played_prompt(Prompt::TimeLimitGoodbye));
+    let (caller, agent) = last_exchange(&h);
+    assert_eq!(caller, ["My locker code is four seven two nine."]);
+    assert_eq!(agent.len(), 1, "{agent:?}");
+    assert!(!agent[0].is_empty(), "{agent:?}");
+    assert!(
+        !agent.iter().any(|t| t.contains("time limit")),
+        "the canned goodbye is not memory: {agent:?}"
+    );
+}
+
+#[test]
+fn hangup_while_the_model_thinks_remembers_what_the_caller_said() {
+    let s = Stages::new();
+    let cfg = Config {
+        use_llm: true,
+        ..Config::default()
+    };
+    let mut h = harness(cfg, &s);
+    h.llm_delay = Duration::from_secs(3);
+    s.llm.reply(&["Noted."]);
+    h.until_listening();
+    s.stt.say("My locker code is four seven two nine.");
+    h.speak(ms(800));
+    h.silence(ms(900));
+    assert_eq!(h.conv.state(), State::Thinking, "{}", h.summary());
+    assert!(
+        h.remembered.is_empty(),
+        "nothing is committed before the answer"
+    );
+    h.conv.handle_hangup(h.now);
+    h.drain();
+    let (caller, agent) = last_exchange(&h);
+    assert_eq!(caller, ["My locker code is four seven two nine."]);
+    assert!(agent.is_empty(), "nothing was played: {agent:?}");
+}
+
+#[test]
+fn hangup_while_transcribing_remembers_the_words_when_they_arrive() {
+    let s = Stages::new();
+    let mut h = harness(late_stt(), &s);
+    h.stt_delay = Duration::from_secs(3);
+    h.until_listening();
+    s.stt.say("My locker code is four seven two nine.");
+    h.speak(ms(800));
+    h.silence(ms(700));
+    assert!(h.conv.awaiting_transcript(), "{}", h.summary());
+    h.conv.handle_hangup(h.now);
+    h.drain();
+    assert!(h.remembered.is_empty());
+    // The shell waits for the transcription; its words are the call's last.
+    h.silence(Duration::from_secs(3));
+    assert!(!h.conv.awaiting_transcript());
+    let (caller, agent) = last_exchange(&h);
+    assert_eq!(caller, ["My locker code is four seven two nine."]);
+    assert!(agent.is_empty(), "{agent:?}");
+    assert!(
+        !h.log
+            .iter()
+            .any(|(_, a)| matches!(a, Action::Synthesize { .. })),
+        "an ended call answered: {}",
+        h.summary()
+    );
+}
+
+#[test]
+fn time_limit_while_transcribing_says_goodbye_and_still_remembers_the_words() {
+    let s = Stages::new();
+    let cfg = Config {
+        max_call: Duration::from_secs(6),
+        silence_timeout: Duration::from_secs(600),
+        ..late_stt()
+    };
+    let mut h = harness(cfg, &s);
+    h.stt_delay = Duration::from_secs(4);
+    h.until_listening();
+    s.stt.say("My locker code is four seven two nine.");
+    h.speak(ms(800));
+    h.silence(ms(700));
+    let limit = h.origin + Duration::from_secs(6);
+    assert!(h.now + Duration::from_secs(4) > limit, "{}", h.summary());
+    h.silence(Duration::from_secs(10));
+    assert!(h.played_prompt(Prompt::TimeLimitGoodbye));
+    assert_eq!(h.last_hang_up(), Some(HangUpReason::MaxCallDuration));
+    let (caller, agent) = last_exchange(&h);
+    assert_eq!(caller, ["My locker code is four seven two nine."]);
+    assert!(agent.is_empty(), "the words were not answered: {agent:?}");
+}

@@ -1057,7 +1057,8 @@ impl Conversation {
         turn: TurnId,
         result: Result<Transcript, StageError>,
     ) {
-        if self.state == State::Ended {
+        if self.state == State::Ended || self.closing {
+            self.late_transcript(now, turn, result);
             return;
         }
         if let Some(early) = self.early.as_mut().filter(|e| e.turn == turn) {
@@ -1094,6 +1095,36 @@ impl Conversation {
                 self.answer(now, turn, timings, t.text.trim().to_string());
             }
         }
+    }
+
+    /// A caller turn transcribed after the call ended or began to close (the far end
+    /// hung up, the switch is stopping, the time limit): nothing answers it any more,
+    /// but the caller's words are the call's last and go into memory.
+    fn late_transcript(
+        &mut self,
+        now: Instant,
+        turn: TurnId,
+        result: Result<Transcript, StageError>,
+    ) {
+        if self.pending.take_if(|p| p.turn == turn).is_none() {
+            return;
+        }
+        self.record(Stage::Stt, now, result.is_ok());
+        if let Ok(t) = result {
+            let text = t.text.trim();
+            if !text.is_empty() {
+                let record = self.record_of(now, Role::Caller, text.to_string());
+                self.push_action(Action::Remember(record));
+            }
+        }
+    }
+
+    /// Whether a caller turn is still being transcribed. After the end of the call the
+    /// shell waits for it (as long as the transcription may take) and hands it to
+    /// [`handle_transcript`](Self::handle_transcript), so that what the caller said
+    /// last is remembered.
+    pub fn awaiting_transcript(&self) -> bool {
+        self.pending.is_some()
     }
 
     /// Speech-to-text is down: apologise and end the call.
@@ -1470,9 +1501,8 @@ impl Conversation {
 
     /// Stops whatever is going on, says `prompt` and hangs up after it.
     fn close_call(&mut self, now: Instant, prompt: Prompt, reason: HangUpReason) {
-        if let Some(p) = self.pending.take() {
-            self.push_action(Action::Cancel { turn: p.turn });
-        }
+        // A turn still being transcribed is not cancelled: its words are remembered when
+        // they arrive ([`Self::late_transcript`]), though nothing answers them.
         if let Some(reply) = self.reply.take() {
             let queued = reply.clips.iter().any(|c| c.status == ClipStatus::Queued);
             if queued {
