@@ -3,7 +3,8 @@
 //! What it owns: the per-call [`Conversation`] controller (listening, thinking, speaking;
 //! end of turn, barge-in, silence and call-length timers), the [`CircuitBreaker`] and the
 //! process-wide [`StageHealth`] (one breaker per stage shared by all calls), the
-//! streaming [`SentenceSplitter`], the built-in offline [`responder`], and one small trait
+//! streaming [`SentenceSplitter`], the [`EchoDetector`] that keeps the agent's own echo
+//! from counting as barge-in, the built-in offline [`responder`], and one small trait
 //! per pipeline stage ([`Stt`], [`Llm`], [`Tts`], [`Memory`]).
 //!
 //! What it must not do: read a clock, spawn threads, touch sockets, files, models or a
@@ -12,6 +13,7 @@
 
 pub mod breaker;
 pub mod conversation;
+pub mod echo;
 pub mod responder;
 pub mod splitter;
 pub mod stage;
@@ -23,6 +25,7 @@ pub use conversation::{
     ModelTurn, PlaybackProgress, Prompt, ReplyChunk, Stage, State, TurnCheckId, TurnId,
     TurnTimings, TurnVerdict, SAMPLE_RATE,
 };
+pub use echo::{EchoDetector, EchoVerdict};
 pub use splitter::SentenceSplitter;
 pub use stage::{
     Audio, GenerateRequest, Llm, Memory, Message, Recollection, Remembered, RememberedFact, Role,
