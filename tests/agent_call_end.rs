@@ -1,8 +1,8 @@
-//! Every way an agent call ends keeps its last exchange: with baresip calling 5555 and
-//! the real models and LanceDB on disk, a call cut by the switch's shutdown (SIGTERM,
-//! no drain time) or by the maximum call duration leaves what the caller said and
-//! what the agent had played of its answer in memory, with the call closed (its
-//! journal gone), across a restart.
+//! Every way an agent call ends keeps its last exchange: with the real models and
+//! LanceDB on disk, a call cut by the switch's shutdown (SIGTERM, no drain time), by the
+//! maximum call duration, or by the phone going quiet (no RTP: SIPp replays a recording,
+//! then sends nothing) leaves what the caller said, and what the agent had played of
+//! its answer, in memory, with the call closed (its journal gone), across a restart.
 
 mod agent_support;
 mod common;
@@ -11,9 +11,9 @@ mod voice_support;
 use std::path::Path;
 use std::time::Duration;
 
-use agent_support::{call_agent, profile_with, start_server_env, ONE_CALL_AT_A_TIME};
+use agent_support::{call_agent, profile_with, start_server_env, ONE_CALL_AT_A_TIME, PASSWORD};
 use common::{free_port, sofia, Server};
-use voice_support::audio::{espeak, models_dir, silence};
+use voice_support::audio::{espeak, models_dir, resample, silence, RATE};
 
 /// The switch with the default profile changed by `values` and its agent loaded. The
 /// agent's "caller said" / "agent said" lines (debug) mark when a turn goes to memory.
@@ -148,4 +148,109 @@ fn a_call_cut_by_the_maximum_duration_keeps_what_the_caller_said_and_what_was_pl
     let memory = remembered(data.path());
     eprintln!("{memory}");
     assert_exchange_kept(data.path(), &memory, &log);
+}
+
+/// A pcap of the RTP a phone sends while saying `mic` (16 kHz): PCMA, 20 ms a packet,
+/// over Ethernet, IPv4 and UDP (what SIPp's `play_pcap_audio` replays; it rewrites the
+/// addresses).
+fn rtp_pcap(path: &Path, mic: &[f32]) {
+    let samples = resample(mic, RATE, 8_000);
+    let mut out: Vec<u8> = Vec::new();
+    // Global header: magic, version 2.4, no zone, accuracy 0, snaplen, Ethernet.
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for field in [0u32, 0, 65_535, 1] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    for (n, frame) in samples.chunks(160).enumerate() {
+        let n = n as u32;
+        let mut rtp = vec![0x80, 8];
+        rtp.extend_from_slice(&(n as u16).to_be_bytes());
+        rtp.extend_from_slice(&(n * 160).to_be_bytes());
+        rtp.extend_from_slice(&0x5eed_1234u32.to_be_bytes());
+        rtp.extend(
+            frame
+                .iter()
+                .map(|&x| sofia_media::g711::linear_to_alaw((x.clamp(-1.0, 1.0) * 32767.0) as i16)),
+        );
+        let udp_len = 8 + rtp.len() as u16;
+        let mut packet = vec![0u8; 12];
+        packet.extend_from_slice(&[0x08, 0x00]); // IPv4
+        packet.extend_from_slice(&[0x45, 0, 0, 0]);
+        packet[16..18].copy_from_slice(&(20 + udp_len).to_be_bytes());
+        packet.extend_from_slice(&[0, 0, 0, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
+        packet.extend_from_slice(&6000u16.to_be_bytes());
+        packet.extend_from_slice(&6002u16.to_be_bytes());
+        packet.extend_from_slice(&udp_len.to_be_bytes());
+        packet.extend_from_slice(&[0, 0]);
+        packet.extend_from_slice(&rtp);
+        let micros = n * 20_000;
+        for field in [
+            micros / 1_000_000,
+            micros % 1_000_000,
+            packet.len() as u32,
+            packet.len() as u32,
+        ] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        out.extend_from_slice(&packet);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_call_whose_rtp_stops_keeps_what_the_caller_said() {
+    let _one = ONE_CALL_AT_A_TIME.lock();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start(data.path(), port, &[("rtp_timeout_secs", "3")]);
+    // SIPp listens to the greeting, says something, then sends nothing and waits for
+    // the BYE.
+    let pcap = data.path().join("speech.pcap");
+    rtp_pcap(&pcap, &locker_code(0.5));
+    let sipp = common::sipp(
+        "agent_rtp_stops.xml",
+        port,
+        &[
+            "-s",
+            "5555",
+            "-au",
+            "1000",
+            "-ap",
+            PASSWORD,
+            "-key",
+            "caller",
+            "1000",
+            "-key",
+            "pcap",
+            pcap.to_str().unwrap(),
+        ],
+    );
+    common::assert_sipp_ok(
+        &sipp,
+        "the switch hangs up on a phone that stopped sending RTP",
+    );
+    let log = server.wait_for("call to 5555 over");
+    assert!(
+        log.iter().any(|l| l.contains("no RTP for 3s")),
+        "the call did not end on the RTP timeout: {log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("caller said:")),
+        "the caller's words did not reach memory: {log:#?}"
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+    let memory = remembered(data.path());
+    eprintln!("{memory}");
+    assert!(
+        memory
+            .lines()
+            .any(|l| l.starts_with("turn") && l.contains(" caller ")),
+        "what the caller said is not in memory:\n{memory}"
+    );
+    assert!(
+        open_journals(data.path()).is_empty(),
+        "the call was not closed in memory"
+    );
 }
