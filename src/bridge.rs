@@ -59,6 +59,10 @@ pub(crate) struct Bridge {
     pub(crate) max_duration: Duration,
     pub(crate) rtp_timeout: Duration,
     pub(crate) srtp_policy: sofia_media::SrtpPolicy,
+    /// For transfers (REFER): the ports for the new leg, and the users' extensions a
+    /// transfer may go to.
+    pub(crate) pool: crate::media::PortPool,
+    pub(crate) users: Vec<String>,
 }
 
 /// What ringing came to.
@@ -238,7 +242,7 @@ impl Bridge {
             media::Srtp::for_params(&self.params_a),
             media::Srtp::for_params(&params_b),
         );
-        let (mut a, b, mut srtp_a, srtp_b) = match (a, b, srtp) {
+        let (mut a, mut b, mut srtp_a, mut srtp_b) = match (a, b, srtp) {
             (Ok(a), Ok(b), (Ok(sa), Ok(sb))) => (a, b, sa, sb),
             (a, b, _) => {
                 warn!(
@@ -254,33 +258,156 @@ impl Bridge {
         };
         let _active = ActiveCall::start(&self.metrics, Application::User);
         let deadline = tokio::time::Instant::now() + self.max_duration;
-        let ended = relay(
-            RelayEnds {
-                endpoint: &self.endpoint,
-                metrics: &self.metrics,
-                extension: &self.extension,
-                lifecycle: self.lifecycle.clone(),
-                deadline,
-                rtp_timeout: self.rtp_timeout,
-            },
-            Leg {
-                call: self.call,
-                session: &mut a,
-                ports: &self.ports_a,
-                sdp: &mut self.sdp_a,
-                srtp: &mut srtp_a,
-            },
-            BLeg {
-                call: leg,
-                session: b,
-                ports: &self.ports_b,
-                sdp: sdp_b,
-                srtp: srtp_b,
-            },
-            events,
-        )
-        .await;
-        ended.hang_up_the_rest(&self.endpoint, self.call, leg);
+        let ends = |transfers| RelayEnds {
+            endpoint: &self.endpoint,
+            metrics: &self.metrics,
+            extension: &self.extension,
+            lifecycle: self.lifecycle.clone(),
+            deadline,
+            rtp_timeout: self.rtp_timeout,
+            transfers,
+        };
+        // Until one side hangs up, or a transfer one side asked for connects the
+        // other side elsewhere (a refused or failed one and the two talk on).
+        loop {
+            let ended = relay(
+                ends(true),
+                Leg {
+                    call: self.call,
+                    session: &mut a,
+                    ports: &self.ports_a,
+                    sdp: &mut self.sdp_a,
+                    srtp: &mut srtp_a,
+                },
+                Leg {
+                    call: leg,
+                    session: &mut b,
+                    ports: &self.ports_b,
+                    sdp: &mut *sdp_b,
+                    srtp: &mut srtp_b,
+                },
+                events,
+            )
+            .await;
+            let Ended::Refer { by, refer_to } = ended else {
+                ended.hang_up_the_rest(&self.endpoint, self.call, leg);
+                return;
+            };
+            // RFC 3515 blind transfer: `by` (the transferor) asks that the other leg
+            // (the transferee) be connected to the target.
+            let target = crate::calls::uri_user(&refer_to);
+            if !self.users.contains(&target) {
+                info!(
+                    "call to {}: REFER to {refer_to} refused, 403",
+                    self.extension
+                );
+                self.metrics.transfer("refused");
+                self.endpoint.command(by, CallCommand::NotifyRefer(403));
+                continue;
+            }
+            self.metrics.transfer("accepted");
+            self.endpoint.command(by, CallCommand::NotifyRefer(100));
+            let (transferee, from_user) = if by == self.call {
+                (leg, self.extension.clone())
+            } else {
+                (self.call, self.caller.clone())
+            };
+            info!(
+                "call to {}: REFER from {by:?}: {transferee:?} to {target}",
+                self.extension
+            );
+            let held = if transferee == leg {
+                Leg {
+                    call: leg,
+                    session: &mut b,
+                    ports: &self.ports_b,
+                    sdp: &mut *sdp_b,
+                    srtp: &mut srtp_b,
+                }
+            } else {
+                Leg {
+                    call: self.call,
+                    session: &mut a,
+                    ports: &self.ports_a,
+                    sdp: &mut self.sdp_a,
+                    srtp: &mut srtp_a,
+                }
+            };
+            let through = put_through(
+                PutThrough {
+                    endpoint: &self.endpoint,
+                    metrics: &self.metrics,
+                    lifecycle: self.lifecycle.clone(),
+                    owner: self.call,
+                    extension: &self.extension,
+                    pool: &self.pool,
+                    codecs: &self.codecs,
+                    media_ip: self.media_ip,
+                    srtp_policy: self.srtp_policy,
+                    ring: self.ring,
+                    rtp_timeout: self.rtp_timeout,
+                    from_user: &from_user,
+                    authenticated: self.authenticated,
+                },
+                held,
+                events,
+                &target,
+            )
+            .await;
+            let mut person = match through {
+                PutThroughResult::Answered(person) => person,
+                PutThroughResult::Failed(status) => {
+                    info!(
+                        "call to {}: {target} did not take the transfer ({status})",
+                        self.extension
+                    );
+                    self.metrics.transfer("failed");
+                    self.endpoint.command(by, CallCommand::NotifyRefer(status));
+                    continue;
+                }
+                PutThroughResult::Over => {
+                    self.endpoint.command(by, CallCommand::NotifyRefer(487));
+                    self.hang_up(by);
+                    return;
+                }
+            };
+            self.metrics.transfer("connected");
+            self.endpoint.command(by, CallCommand::NotifyRefer(200));
+            // The transferor is done (phones hang up after the final NOTIFY anyway).
+            self.hang_up(by);
+            let held = if transferee == leg {
+                Leg {
+                    call: leg,
+                    session: &mut b,
+                    ports: &self.ports_b,
+                    sdp: &mut *sdp_b,
+                    srtp: &mut srtp_b,
+                }
+            } else {
+                Leg {
+                    call: self.call,
+                    session: &mut a,
+                    ports: &self.ports_a,
+                    sdp: &mut self.sdp_a,
+                    srtp: &mut srtp_a,
+                }
+            };
+            let ended = relay(
+                ends(false),
+                held,
+                Leg {
+                    call: person.call,
+                    session: &mut person.session,
+                    ports: &person.ports,
+                    sdp: &mut person.sdp,
+                    srtp: &mut person.srtp,
+                },
+                events,
+            )
+            .await;
+            ended.hang_up_the_rest(&self.endpoint, transferee, person.call);
+            return;
+        }
     }
 }
 
@@ -308,10 +435,13 @@ pub(crate) struct RelayEnds<'a> {
     pub lifecycle: watch::Receiver<Lifecycle>,
     pub deadline: tokio::time::Instant,
     pub rtp_timeout: Duration,
+    /// Whether a REFER from either leg ends the relay for the caller to carry out
+    /// ([`Ended::Refer`]); otherwise it gets a final NOTIFY 501.
+    pub transfers: bool,
 }
 
-/// The caller's leg of a relayed call (its session may have been running already, as
-/// when the agent hands a caller to a person).
+/// One leg of a relayed call (its session may have been running already, as when the
+/// agent hands a caller to a person).
 pub(crate) struct Leg<'a> {
     pub call: CallHandle,
     pub session: &'a mut MediaSession,
@@ -320,22 +450,13 @@ pub(crate) struct Leg<'a> {
     pub srtp: &'a mut Option<media::Srtp>,
 }
 
-/// The callee's leg: its session starts with the relay.
-pub(crate) struct BLeg<'a> {
-    pub call: CallHandle,
-    pub session: MediaSession,
-    pub ports: &'a CallPorts,
-    pub sdp: &'a mut SdpSession,
-    pub srtp: Option<media::Srtp>,
-}
-
 /// Relays audio (and DTMF) between the two legs until one ends; re-INVITEs on either
 /// leg are answered from its own SDP session, and hold or unhold on one leg is
 /// mirrored onto the other as a re-INVITE from the switch. Returns who ended it.
 pub(crate) async fn relay(
     ends: RelayEnds<'_>,
     a: Leg<'_>,
-    b: BLeg<'_>,
+    b: Leg<'_>,
     events: &mut CallEvents,
 ) -> Ended {
     let RelayEnds {
@@ -345,10 +466,11 @@ pub(crate) async fn relay(
         mut lifecycle,
         deadline,
         rtp_timeout,
+        transfers,
     } = ends;
     let (call, leg) = (a.call, b.call);
     let (sa, pa, sdp_a, srtp_a) = (a.session, a.ports, a.sdp, a.srtp);
-    let (mut sb, pb, sdp_b, mut srtp_b) = (b.session, b.ports, b.sdp, b.srtp);
+    let (sb, pb, sdp_b, srtp_b) = (b.session, b.ports, b.sdp, b.srtp);
     let refused = |ok: bool| {
         if !ok {
             metrics.srtp_auth_failures.inc();
@@ -371,10 +493,10 @@ pub(crate) async fn relay(
                 refused(media::receive(sa, srtp_a, Instant::now(), from, &rtcp_a[..n]));
             },
             r = pb.rtp.recv_from(&mut buf_b) => if let Ok((n, from)) = r {
-                refused(media::receive(&mut sb, &mut srtp_b, Instant::now(), from, &buf_b[..n]));
+                refused(media::receive(sb, srtp_b, Instant::now(), from, &buf_b[..n]));
             },
             r = pb.rtcp.recv_from(&mut rtcp_b) => if let Ok((n, from)) = r {
-                refused(media::receive(&mut sb, &mut srtp_b, Instant::now(), from, &rtcp_b[..n]));
+                refused(media::receive(sb, srtp_b, Instant::now(), from, &rtcp_b[..n]));
             },
             _ = tokio::time::sleep_until(wake) => {
                 let now = Instant::now();
@@ -405,7 +527,7 @@ pub(crate) async fn relay(
                 }
                 Some(Event::ReInvite { call: c, body }) if c == leg => {
                     let asked = asked_direction(&body);
-                    if answer_reinvite(endpoint, c, extension, sdp_b, &mut sb, &mut srtp_b, body) {
+                    if answer_reinvite(endpoint, c, extension, sdp_b, sb, srtp_b, body) {
                         if let Some(asked) = asked {
                             holding_b = is_hold(asked);
                             mirror_a.follow(asked, call, sdp_a, endpoint, metrics);
@@ -417,7 +539,7 @@ pub(crate) async fn relay(
                     mirror_a.settled(call, sdp_a, endpoint, metrics);
                 }
                 Some(Event::ReInviteAnswered { call: c, body }) if c == leg => {
-                    take_answer(extension, sdp_b, &mut sb, &mut srtp_b, body);
+                    take_answer(extension, sdp_b, sb, srtp_b, body);
                     mirror_b.settled(leg, sdp_b, endpoint, metrics);
                 }
                 Some(Event::ReInviteFailed { call: c, status }) if c == call || c == leg => {
@@ -428,9 +550,11 @@ pub(crate) async fn relay(
                         mirror_b.settled(leg, sdp_b, endpoint, metrics);
                     }
                 }
+                Some(Event::Refer { call: c, refer_to }) if transfers => {
+                    break Ended::Refer { by: c, refer_to };
+                }
                 Some(Event::Refer { call: c, refer_to }) => {
-                    // Transfer out of a call between phones is not built: the phone
-                    // hears so from the subscription's final NOTIFY.
+                    // A second transfer of a call that was transferred already.
                     info!("call to {extension}: REFER from {c:?} to {refer_to} not supported, 501");
                     metrics.transfer("refused");
                     endpoint.command(c, CallCommand::NotifyRefer(501));
@@ -438,22 +562,22 @@ pub(crate) async fn relay(
                 Some(Event::Info { call: c, body: Some(body) }) => {
                     // SIP INFO DTMF goes on as RFC 4733 on the other leg.
                     if let Some(digit) = info_dtmf(&body) {
-                        let to = if c == call { &mut sb } else { &mut *sa };
+                        let to = if c == call { &mut *sb } else { &mut *sa };
                         pass_dtmf(to, digit, extension);
                     }
                 }
                 Some(_) => {}
             },
         }
-        let inactive_a = pump(sa, &mut sb, extension) && !holding_a;
-        let inactive_b = pump(&mut sb, sa, extension) && !holding_b;
+        let inactive_a = pump(sa, sb, extension) && !holding_a;
+        let inactive_b = pump(sb, sa, extension) && !holding_b;
         if inactive_a || inactive_b {
             info!("call to {extension}: no RTP for {rtp_timeout:?}, hanging up");
             break Ended::Neither;
         }
         let now = Instant::now();
         media::send_transmits(sa, pa, srtp_a, now);
-        media::send_transmits(&mut sb, pb, &mut srtp_b, now);
+        media::send_transmits(sb, pb, srtp_b, now);
     };
     let (after, stats_b) = (sa.stats(), sb.stats());
     let rejected = (after.rtp_rejected + after.rtcp_rejected)
@@ -589,12 +713,18 @@ impl<'a> Mirror<'a> {
 }
 
 /// Which side ended a relayed call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Ended {
     Caller,
     Callee,
     /// The switch did (limit, shutdown, media timeout): both legs get BYE.
     Neither,
+    /// Leg `by` sent REFER (already answered 202): the other leg is to be put
+    /// through to `refer_to`.
+    Refer {
+        by: CallHandle,
+        refer_to: String,
+    },
 }
 
 impl Ended {
@@ -608,7 +738,7 @@ impl Ended {
         let rest: &[CallHandle] = match self {
             Ended::Caller => &[callee],
             Ended::Callee => &[caller],
-            Ended::Neither => &[caller, callee],
+            Ended::Neither | Ended::Refer { .. } => &[caller, callee],
         };
         for call in rest {
             endpoint.command(*call, CallCommand::Hangup);
@@ -639,5 +769,208 @@ fn pump(from: &mut MediaSession, to: &mut MediaSession, extension: &str) -> bool
 pub(crate) fn pass_dtmf(to: &mut MediaSession, digit: char, extension: &str) {
     if let Err(e) = to.send_dtmf(Instant::now(), digit, DTMF_LENGTH) {
         info!("call to {extension}: DTMF {digit} not passed on ({e})");
+    }
+}
+
+/// What putting a held party through to another user needs (see [`put_through`]).
+pub(crate) struct PutThrough<'a> {
+    pub endpoint: &'a EndpointHandle,
+    pub metrics: &'a Metrics,
+    pub lifecycle: watch::Receiver<Lifecycle>,
+    /// The task's own call: the new legs' events go to its task.
+    pub owner: CallHandle,
+    /// For log lines: the extension the task's call was made to.
+    pub extension: &'a str,
+    pub pool: &'a crate::media::PortPool,
+    pub codecs: &'a [CodecKind],
+    pub media_ip: IpAddr,
+    pub srtp_policy: sofia_media::SrtpPolicy,
+    pub ring: Duration,
+    pub rtp_timeout: Duration,
+    /// Who the target's phones see calling, and whether the switch vouches for it.
+    pub from_user: &'a str,
+    pub authenticated: bool,
+}
+
+/// The answered party of [`put_through`], ready for [`relay`].
+pub(crate) struct Person {
+    pub call: CallHandle,
+    pub session: MediaSession,
+    pub ports: CallPorts,
+    pub sdp: SdpSession,
+    pub srtp: Option<media::Srtp>,
+}
+
+/// How [`put_through`] came out.
+pub(crate) enum PutThroughResult {
+    Answered(Box<Person>),
+    /// Nobody took it: the status the phones gave (480 nobody registered, 408 no
+    /// answer within the ring time, ...).
+    Failed(u16),
+    /// The held leg ended (or the switch is stopping); nothing is left ringing.
+    Over,
+}
+
+/// Rings every phone of `target` (as a call between phones does) while `held`'s media
+/// keeps going (its audio is not relayed anywhere meanwhile) and its re-INVITEs are
+/// answered; returns the first phone to answer, with its media session started.
+pub(crate) async fn put_through(
+    t: PutThrough<'_>,
+    held: Leg<'_>,
+    events: &mut CallEvents,
+    target: &str,
+) -> PutThroughResult {
+    let Leg {
+        call: held_call,
+        session,
+        ports,
+        sdp,
+        srtp,
+    } = held;
+    let extension = t.extension;
+    let Some(ports_t) = t.pool.bind().await else {
+        warn!("call to {extension}: no free RTP ports to put the call through");
+        return PutThroughResult::Failed(503);
+    };
+    let config = MediaConfig::new(t.codecs.to_vec(), t.media_ip, ports_t.pair.rtp)
+        .with_srtp(t.srtp_policy, media::srtp_key());
+    let mut sdp_t = SdpSession::new(config, rand::random::<u32>().into());
+    let host = t.media_ip.to_string();
+    let template = OutgoingInvite {
+        destination: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+        transport: Transport::Udp,
+        request_uri: String::new(),
+        to: format!("sip:{target}@{host}"),
+        from_user: t.from_user.to_string(),
+        from_display: None,
+        asserted_identity: t
+            .authenticated
+            .then(|| format!("<sip:{}@{host}>", t.from_user)),
+        body: Some(Body {
+            content_type: SDP.to_string(),
+            bytes: sdp_t.create_offer(),
+        }),
+    };
+    info!("call to {extension}: handing {} to {target}", t.from_user);
+    let mut placed = Some(t.endpoint.fork(ForkRequest {
+        owner: t.owner,
+        aor: target.to_string(),
+        template,
+    }));
+    let mut fork: Option<Fork> = None;
+    let give_up = |fork: &mut Option<Fork>| {
+        for leg in fork.as_mut().map(|f| f.give_up()).unwrap_or_default() {
+            t.endpoint.command(leg, CallCommand::Hangup);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + t.ring;
+    let mut lifecycle = t.lifecycle.clone();
+    let (mut rtp_buf, mut rtcp_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let refused = |ok: bool| {
+        if !ok {
+            t.metrics.srtp_auth_failures.inc();
+        }
+    };
+    let (winner, params) = loop {
+        let wake = tokio::time::Instant::from_std(session.poll_timeout());
+        tokio::select! {
+            legs = async { placed.as_mut().expect("guarded").await }, if placed.is_some() => {
+                placed = None;
+                match legs {
+                    Ok(legs) if !legs.is_empty() => {
+                        t.metrics.bridge_legs.inc_by(legs.len() as u64);
+                        fork = Some(Fork::new(legs));
+                    }
+                    _ => return PutThroughResult::Failed(480),
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                give_up(&mut fork);
+                return PutThroughResult::Failed(408);
+            }
+            r = ports.rtp.recv_from(&mut rtp_buf) => if let Ok((n, from)) = r {
+                refused(media::receive(session, srtp, Instant::now(), from, &rtp_buf[..n]));
+            },
+            r = ports.rtcp.recv_from(&mut rtcp_buf) => if let Ok((n, from)) = r {
+                refused(media::receive(session, srtp, Instant::now(), from, &rtcp_buf[..n]));
+            },
+            _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
+            _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
+                give_up(&mut fork);
+                t.endpoint.command(held_call, CallCommand::Hangup);
+                return PutThroughResult::Over;
+            }
+            event = events.recv() => match event {
+                None => {
+                    give_up(&mut fork);
+                    return PutThroughResult::Over;
+                }
+                Some(Event::CallEnded { call, .. } | Event::CallCancelled { call }) if call == held_call => {
+                    info!("call to {extension}: {held_call:?} hung up while {target} rang");
+                    give_up(&mut fork);
+                    return PutThroughResult::Over;
+                }
+                Some(Event::CallAnswered { call, body }) => {
+                    let Some(f) = fork.as_mut() else { continue };
+                    match f.answered(call) {
+                        ForkAction::Connect { winner, cancel } => {
+                            for leg in cancel {
+                                t.endpoint.command(leg, CallCommand::Hangup);
+                            }
+                            match body.filter(is_sdp).map(|b| sdp_t.handle_answer(&b.bytes)) {
+                                Some(Ok(params)) => break (winner, params),
+                                _ => {
+                                    t.endpoint.command(winner, CallCommand::Hangup);
+                                    return PutThroughResult::Failed(488);
+                                }
+                            }
+                        }
+                        ForkAction::HangUp(late) => t.endpoint.command(late, CallCommand::Hangup),
+                        _ => {}
+                    }
+                }
+                Some(Event::CallFailed { call, status }) => {
+                    if let Some(ForkAction::Fail(code)) = fork.as_mut().map(|f| f.failed(call, status)) {
+                        return PutThroughResult::Failed(code);
+                    }
+                }
+                Some(Event::ReInvite { call, body }) if call == held_call => {
+                    answer_reinvite(t.endpoint, call, extension, sdp, session, srtp, body);
+                }
+                Some(_) => {}
+            },
+        }
+        while let Some(event) = session.poll_event() {
+            if matches!(event, sofia_media::Event::Inactive) {
+                give_up(&mut fork);
+                t.endpoint.command(held_call, CallCommand::Hangup);
+                return PutThroughResult::Over;
+            }
+        }
+        media::send_transmits(session, ports, srtp, Instant::now());
+    };
+    info!("call to {extension}: {target} answered; {held_call:?} is connected");
+    let srtp_t = media::Srtp::for_params(&params);
+    let session_t = media::new_session(
+        params,
+        relay_session_config(t.rtp_timeout, session.params().clock_rate, winner),
+    );
+    match (srtp_t, session_t) {
+        (Ok(srtp), Ok(session)) => PutThroughResult::Answered(Box::new(Person {
+            call: winner,
+            session,
+            ports: ports_t,
+            sdp: sdp_t,
+            srtp,
+        })),
+        (srtp, session) => {
+            warn!(
+                "call to {extension}: cannot start {target}'s media or SRTP ({:?} / {:?})",
+                srtp.err(),
+                session.err()
+            );
+            t.endpoint.command(winner, CallCommand::Hangup);
+            PutThroughResult::Failed(500)
+        }
     }
 }

@@ -81,19 +81,31 @@ struct CallRoute {
 pub(crate) struct CallEvents {
     events: mpsc::Receiver<Event>,
     ended: oneshot::Receiver<Event>,
+    /// The end of the call has been received.
+    end_seen: bool,
     over: bool,
 }
 
 impl CallEvents {
-    /// The next event; `None` after the end of the call (or if the router is gone).
+    /// The next event; `None` once the router has nothing more for this task: after
+    /// the end of the call, or, when the task still has calls it placed (a transfer
+    /// whose transferor was this call), after their ends too.
     pub(crate) async fn recv(&mut self) -> Option<Event> {
         if self.over {
             return None;
         }
+        if self.end_seen {
+            let event = self.events.recv().await;
+            self.over = event.is_none();
+            return event;
+        }
         tokio::select! {
             biased;
             end = &mut self.ended => {
-                self.over = true;
+                self.end_seen = true;
+                if end.is_err() {
+                    self.over = true;
+                }
                 end.ok()
             }
             event = self.events.recv() => {
@@ -180,19 +192,31 @@ pub async fn run(
                     if last {
                         legs.remove(&call);
                     }
-                    match calls.get(&owner) {
+                    // (A route whose task has finished counts as gone.)
+                    match calls.get(&owner).filter(|r| !r.events.is_closed()) {
                         Some(route) => deliver(&layer, route, call, event),
                         // Its owner is gone (the caller hung up as this phone answered):
                         // nobody wants this leg.
                         None if !last => layer.endpoint.command(call, CallCommand::Hangup),
                         None => {}
                     }
+                    // An owner that ended before its legs (transferred away) is done
+                    // with its last leg.
+                    let owner_ended = calls.get(&owner).is_some_and(|r| r.ended.is_none());
+                    if last && owner_ended && !legs.values().any(|o| *o == owner) {
+                        calls.remove(&owner);
+                    }
                     continue;
                 }
                 let last = matches!(event, Event::CallCancelled { .. } | Event::CallEnded { .. });
                 if last {
-                    if let Some(ended) = calls.remove(&call).and_then(|mut r| r.ended.take()) {
+                    if let Some(ended) = calls.get_mut(&call).and_then(|r| r.ended.take()) {
                         let _ = ended.send(event);
+                    }
+                    // Calls it placed may go on (the caller transferred the phone it
+                    // called): the task keeps getting their events until they end.
+                    if !legs.values().any(|o| *o == call) {
+                        calls.remove(&call);
                     }
                     continue;
                 }
@@ -219,6 +243,11 @@ fn deliver(layer: &CallLayer, route: &CallRoute, call: CallHandle, event: Event)
             warn!("call {call:?}: event dropped, the call is not keeping up: {e}");
         }
     }
+}
+
+/// The users' extensions: where a REFER may send a call.
+fn user_extensions(profile: &Profile) -> Vec<String> {
+    profile.users.iter().map(|u| u.extension.clone()).collect()
 }
 
 fn codec_kind(codec: Codec) -> CodecKind {
@@ -316,6 +345,7 @@ async fn start_call(
     let events = CallEvents {
         events: rx,
         ended: ended_rx,
+        end_seen: false,
         over: false,
     };
     let route = CallRoute {
@@ -362,6 +392,8 @@ async fn start_call(
             max_duration: Duration::from_secs(layer.profile.calls.max_duration_secs.into()),
             rtp_timeout: Duration::from_secs(layer.profile.calls.rtp_timeout_secs.into()),
             srtp_policy: layer.profile.rtp.srtp.policy(),
+            pool: layer.ports.clone(),
+            users: user_extensions(&layer.profile),
         };
         tokio::spawn(bridge.run(events));
         return Some((call, route));
@@ -395,12 +427,7 @@ async fn start_call(
         authenticated: incoming.authenticated_user.is_some(),
         srtp_policy: layer.profile.rtp.srtp.policy(),
         srtp: None,
-        users: layer
-            .profile
-            .users
-            .iter()
-            .map(|u| u.extension.clone())
-            .collect(),
+        users: user_extensions(&layer.profile),
     };
     let delay = Duration::from_millis(layer.profile.calls.answer_delay_ms.into());
     tokio::spawn(task.run(events, answer, params, delay));
@@ -426,7 +453,7 @@ fn caller_id(incoming: &IncomingCall) -> String {
 }
 
 /// The user part of a SIP URI (`sip:1001@host` -> `1001`).
-fn uri_user(uri: &str) -> String {
+pub(crate) fn uri_user(uri: &str) -> String {
     let uri = uri.trim_start_matches('<');
     let rest = uri
         .strip_prefix("sips:")
@@ -855,171 +882,42 @@ impl CallTask {
         target: &str,
         referred: bool,
     ) -> HandOff {
-        let Some(ports_b) = self.pool.bind().await else {
-            warn!("call to {}: no free RTP ports to hand off", self.extension);
-            return HandOff::Failed(503);
+        let through = crate::bridge::put_through(
+            crate::bridge::PutThrough {
+                endpoint: &self.endpoint,
+                metrics: &self.metrics,
+                lifecycle: self.lifecycle.clone(),
+                owner: self.call,
+                extension: &self.extension,
+                pool: &self.pool,
+                codecs: &self.codecs,
+                media_ip: self.media_ip,
+                srtp_policy: self.srtp_policy,
+                ring: self.ring,
+                rtp_timeout: self.rtp_timeout,
+                from_user: &self.caller,
+                authenticated: self.authenticated,
+            },
+            crate::bridge::Leg {
+                call: self.call,
+                session: &mut *session,
+                ports: &self.ports,
+                sdp: &mut self.sdp,
+                srtp: &mut self.srtp,
+            },
+            events,
+            target,
+        )
+        .await;
+        let mut person = match through {
+            crate::bridge::PutThroughResult::Answered(person) => person,
+            crate::bridge::PutThroughResult::Failed(status) => return HandOff::Failed(status),
+            crate::bridge::PutThroughResult::Over => return HandOff::Over,
         };
-        let config_b = MediaConfig::new(self.codecs.clone(), self.media_ip, ports_b.pair.rtp)
-            .with_srtp(self.srtp_policy, media::srtp_key());
-        let mut sdp_b = SdpSession::new(config_b, rand::random::<u32>().into());
-        let host = self.media_ip.to_string();
-        let template = sofia_sip::OutgoingInvite {
-            destination: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-            transport: sofia_sip::Transport::Udp,
-            request_uri: String::new(),
-            to: format!("sip:{target}@{host}"),
-            from_user: self.caller.clone(),
-            from_display: None,
-            asserted_identity: self
-                .authenticated
-                .then(|| format!("<sip:{}@{host}>", self.caller)),
-            body: Some(Body {
-                content_type: SDP.to_string(),
-                bytes: sdp_b.create_offer(),
-            }),
-        };
-        info!(
-            "call to {}: handing {} to {target}",
-            self.extension, self.caller
-        );
-        let mut placed = Some(self.endpoint.fork(crate::sip::ForkRequest {
-            owner: self.call,
-            aor: target.to_string(),
-            template,
-        }));
-        let mut fork: Option<sofia_sip::Fork> = None;
-        let give_up = |fork: &mut Option<sofia_sip::Fork>, endpoint: &EndpointHandle| {
-            for leg in fork.as_mut().map(|f| f.give_up()).unwrap_or_default() {
-                endpoint.command(leg, CallCommand::Hangup);
-            }
-        };
-        let deadline = tokio::time::Instant::now() + self.ring;
-        let mut lifecycle = self.lifecycle.clone();
-        let (mut rtp_buf, mut rtcp_buf) = (vec![0u8; 2048], vec![0u8; 2048]);
-        let (winner, params_b) = loop {
-            let wake = tokio::time::Instant::from_std(session.poll_timeout());
-            tokio::select! {
-                legs = async { placed.as_mut().expect("guarded").await }, if placed.is_some() => {
-                    placed = None;
-                    match legs {
-                        Ok(legs) if !legs.is_empty() => {
-                            self.metrics.bridge_legs.inc_by(legs.len() as u64);
-                            fork = Some(sofia_sip::Fork::new(legs));
-                        }
-                        _ => return HandOff::Failed(480),
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    give_up(&mut fork, &self.endpoint);
-                    return HandOff::Failed(408);
-                }
-                r = self.ports.rtp.recv_from(&mut rtp_buf) => if let Ok((n, from)) = r {
-                    if !media::receive(session, &mut self.srtp, Instant::now(), from, &rtp_buf[..n]) {
-                        self.metrics.srtp_auth_failures.inc();
-                    }
-                },
-                r = self.ports.rtcp.recv_from(&mut rtcp_buf) => if let Ok((n, from)) = r {
-                    if !media::receive(session, &mut self.srtp, Instant::now(), from, &rtcp_buf[..n]) {
-                        self.metrics.srtp_auth_failures.inc();
-                    }
-                },
-                _ = tokio::time::sleep_until(wake) => session.handle_timeout(Instant::now()),
-                _ = async { lifecycle.wait_for(|l| *l == Lifecycle::HangUp).await.map(|_| ()) } => {
-                    give_up(&mut fork, &self.endpoint);
-                    self.endpoint.command(self.call, CallCommand::Hangup);
-                    return HandOff::Over;
-                }
-                event = events.recv() => match event {
-                    None => {
-                        give_up(&mut fork, &self.endpoint);
-                        return HandOff::Over;
-                    }
-                    Some(Event::CallEnded { call, .. } | Event::CallCancelled { call }) if call == self.call => {
-                        info!("call to {}: the caller hung up during the hand-off", self.extension);
-                        give_up(&mut fork, &self.endpoint);
-                        return HandOff::Over;
-                    }
-                    Some(Event::CallAnswered { call, body }) => {
-                        let Some(f) = fork.as_mut() else { continue };
-                        match f.answered(call) {
-                            sofia_sip::ForkAction::Connect { winner, cancel } => {
-                                for leg in cancel {
-                                    self.endpoint.command(leg, CallCommand::Hangup);
-                                }
-                                match body.filter(is_sdp).map(|b| sdp_b.handle_answer(&b.bytes)) {
-                                    Some(Ok(params)) => break (winner, params),
-                                    _ => {
-                                        self.endpoint.command(winner, CallCommand::Hangup);
-                                        return HandOff::Failed(488);
-                                    }
-                                }
-                            }
-                            sofia_sip::ForkAction::HangUp(late) => {
-                                self.endpoint.command(late, CallCommand::Hangup);
-                            }
-                            _ => {}
-                        }
-                    }
-                    Some(Event::CallFailed { call, status }) => {
-                        if let Some(sofia_sip::ForkAction::Fail(code)) =
-                            fork.as_mut().map(|f| f.failed(call, status))
-                        {
-                            return HandOff::Failed(code);
-                        }
-                    }
-                    Some(Event::ReInvite { call, body }) if call == self.call => {
-                        answer_reinvite(&self.endpoint, call, &self.extension, &mut self.sdp, session, &mut self.srtp, body);
-                    }
-                    Some(_) => {}
-                },
-            }
-            // The agent is silent meanwhile: the caller's audio is not listened to.
-            while let Some(event) = session.poll_event() {
-                if matches!(event, sofia_media::Event::Inactive) {
-                    give_up(&mut fork, &self.endpoint);
-                    self.endpoint.command(self.call, CallCommand::Hangup);
-                    return HandOff::Over;
-                }
-            }
-            media::send_transmits(session, &self.ports, &mut self.srtp, Instant::now());
-        };
-        info!(
-            "call to {}: {target} answered; the caller is connected",
-            self.extension
-        );
         if referred {
             self.endpoint
                 .command(self.call, CallCommand::NotifyRefer(200));
         }
-        let srtp_b = match media::Srtp::for_params(&params_b) {
-            Ok(srtp) => srtp,
-            Err(e) => {
-                warn!(
-                    "call to {}: cannot start the person's SRTP ({e})",
-                    self.extension
-                );
-                self.endpoint.command(winner, CallCommand::Hangup);
-                return HandOff::Failed(500);
-            }
-        };
-        let session_b = match media::new_session(
-            params_b,
-            crate::bridge::relay_session_config(
-                self.rtp_timeout,
-                session.params().clock_rate,
-                winner,
-            ),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(
-                    "call to {}: cannot start the person's media ({e})",
-                    self.extension
-                );
-                self.endpoint.command(winner, CallCommand::Hangup);
-                return HandOff::Failed(500);
-            }
-        };
         let ended = crate::bridge::relay(
             crate::bridge::RelayEnds {
                 endpoint: &self.endpoint,
@@ -1028,6 +926,7 @@ impl CallTask {
                 lifecycle: self.lifecycle.clone(),
                 deadline: tokio::time::Instant::now() + self.max_duration,
                 rtp_timeout: self.rtp_timeout,
+                transfers: false,
             },
             crate::bridge::Leg {
                 call: self.call,
@@ -1036,17 +935,17 @@ impl CallTask {
                 sdp: &mut self.sdp,
                 srtp: &mut self.srtp,
             },
-            crate::bridge::BLeg {
-                call: winner,
-                session: session_b,
-                ports: &ports_b,
-                sdp: &mut sdp_b,
-                srtp: srtp_b,
+            crate::bridge::Leg {
+                call: person.call,
+                session: &mut person.session,
+                ports: &person.ports,
+                sdp: &mut person.sdp,
+                srtp: &mut person.srtp,
             },
             events,
         )
         .await;
-        ended.hang_up_the_rest(&self.endpoint, self.call, winner);
+        ended.hang_up_the_rest(&self.endpoint, self.call, person.call);
         HandOff::Over
     }
 

@@ -545,3 +545,90 @@ fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
         "no echo after the resume: {context}"
     );
 }
+
+/// A blind transfer (RFC 3515) out of a call between phones: a SIPp caller (1000)
+/// calls baresip 1001 and sends REFER to 1002, another baresip. The caller's scenario
+/// (fixtures/sipp/refer_bridge.xml) passes only with 202, the sipfrag NOTIFYs "100
+/// Trying" and "200 OK", and the switch's BYE for its own leg; then 1001 and 1002 must
+/// hear each other's tone.
+#[test]
+fn a_refer_connects_the_called_phone_to_the_transfer_target() {
+    let data = tempfile::tempdir().unwrap();
+    let sip_port = free_port();
+    let server = Server::start(
+        data.path(),
+        sip_port,
+        Some("1000:secret-1000,1001:secret-1001,1002:secret-1002"),
+    );
+    server.wait_for("listening for SIP on tcp");
+    let mics = tempfile::tempdir().unwrap();
+    // 1001 hangs up when its WAV ends, which ends the transferred call.
+    let transferee_mic = mics.path().join("1001.wav");
+    write_tone_wav(&transferee_mic, 8000, 700.0, 11.0, 0.0);
+    let transferee = baresip("1001", "secret-1001", sip_port, &transferee_mic);
+    let target_mic = mics.path().join("1002.wav");
+    write_tone_wav(&target_mic, 8000, 1500.0, 30.0, 0.0);
+    let target = baresip("1002", "secret-1002", sip_port, &target_mic);
+    let runs: Vec<Child> = [&transferee, &target]
+        .iter()
+        .map(|phone| {
+            phone
+                .wait_for_calls(40)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)")
+        })
+        .collect();
+    wait_saved_registration(data.path(), "\"1001\"");
+    wait_saved_registration(data.path(), "\"1002\"");
+
+    let caller = sipp(
+        "refer_bridge.xml",
+        sip_port,
+        &[
+            "-s",
+            "1001",
+            "-au",
+            "1000",
+            "-ap",
+            "secret-1000",
+            "-key",
+            "caller",
+            "1000",
+            "-key",
+            "target",
+            "1002",
+        ],
+    );
+    assert_sipp_ok(&caller, "1000's REFER of 1001 to 1002");
+    // Two relays end: 1000 with 1001 at the REFER, then 1001 with 1002 at the hang-up.
+    let mut lines = server.wait_for("call to 1001 over");
+    lines.extend(server.wait_for("call to 1001 over"));
+    let logs: Vec<String> = runs
+        .into_iter()
+        .map(|run| {
+            Command::new("kill")
+                .args(["-TERM", &run.id().to_string()])
+                .status()
+                .unwrap();
+            let out = run.wait_with_output().unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+        })
+        .collect();
+    server.terminate();
+    assert_logged(&lines, "1002 answered");
+    let context = format!("{lines:#?}");
+    assert_heard(
+        "1001 (transferred)",
+        &transferee.heard(&logs[0]),
+        1500.0,
+        &context,
+    );
+    assert_heard(
+        "1002 (the target)",
+        &target.heard(&logs[1]),
+        700.0,
+        &context,
+    );
+}
