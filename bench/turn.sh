@@ -3,11 +3,15 @@
 # utterances made by espeak-ng (8 kHz, as a phone sends them) and time the answers, as the
 # caller hears them: last voiced RTP packet sent -> first voiced RTP packet of the reply.
 # Steps the number of simultaneous calls up until p95 exceeds 2 s. Prints p50/p95 per
-# step and the switch's own per-stage breakdown (from the end of the caller's speech, as
-# its voice activity detector saw it: transcript ready, first reply text, first
-# synthesized audio, first reply frame queued for sending).
+# step and the switch's own per-stage breakdown (from the end of the caller's turn as
+# the agent decided it: transcript ready, first reply text, first synthesized audio,
+# first reply frame queued for sending), once per end-of-turn mode (agent.end_of_turn:
+# "silence", 600 ms; "model", Smart Turn after 200 ms). Then, per mode, the false-cut
+# rate: sentences said with a pause in the middle (espeak-ng halves joined by sox
+# silence), and how many the agent cut at the pause (target: at most 1 in 20).
 #
 #   bench/turn.sh [STEPS...]     (default: 1 2 3 4 6)
+#   MODES="model" PAUSE=0.7 bench/turn.sh 1    (defaults: MODES="silence model", 0.7 s)
 #
 # Uses the release build, tiny.en, the Joe voice and the built-in responder
 # (bench/profiles/turn.toml). SOFIA_BIN=path uses an existing sofia-phone binary.
@@ -44,25 +48,57 @@ done
 
 port=27060
 "$SOFIA_BIN" models fetch >/dev/null
-SOFIA_LOG=info SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
-  SOFIA_DATA_DIR=$work/data \
-  "$SOFIA_BIN" serve --config bench/profiles/turn.toml > "$work/log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 600); do grep -q "voice agent ready\|voice agent unavailable" "$work/log" && break; sleep 0.1; done
-grep -m1 "voice agent" "$work/log" | sed 's/^.*voice agent/voice agent/'
-grep -q "voice agent ready" "$work/log" || { tail -5 "$work/log"; exit 1; }
+modes=(${MODES:-silence model})
+pause=${PAUSE:-0.7}
+pid=
+trap 'stop_server; rm -rf "$work"' EXIT
 
-printf '%6s %6s %9s %8s %8s | %s\n' calls turns answered p50_ms p95_ms "stages, median ms: stt / first text / first audio / first play"
-best=none
-for n in "${steps[@]}"; do
-  lines_before=$(wc -l < "$work/log")
-  "$load" "127.0.0.1:$port" "$n" "${wavs[@]}" > "$work/step"
-  sleep 1
-  tail -n +"$((lines_before + 1))" "$work/log" > "$work/steplog"
-  python3 - "$n" "$work/step" "$work/steplog" <<'PY'
+# ---- end-of-turn modes: one server per mode ----------------------------------------
+
+# The bench profile with agent.end_of_turn = $1.
+mode_profile() {
+  local profile=$work/turn-$1.toml
+  { cat bench/profiles/turn.toml; printf '\n[agent]\nend_of_turn = "%s"\n' "$1"; } > "$profile"
+  echo "$profile"
+}
+
+start_server() {
+  local mode=$1
+  SOFIA_LOG=info SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
+    SOFIA_DATA_DIR=$work/data-$mode \
+    "$SOFIA_BIN" serve --config "$(mode_profile "$mode")" > "$work/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do grep -q "voice agent ready\|voice agent unavailable" "$work/log" && break; sleep 0.1; done
+  grep -m1 "voice agent" "$work/log" | sed "s/^.*voice agent/end_of_turn = $mode: voice agent/"
+  grep -q "voice agent ready" "$work/log" || { tail -5 "$work/log"; exit 1; }
+  kill -0 "$pid" 2>/dev/null || { echo "the $mode server exited:" >&2; tail -5 "$work/log" >&2; exit 1; }
+}
+
+# Waits for the server to go (it drains calls for up to calls.drain_secs, 30 s), so the
+# next one can take the port; one still there after 40 s is killed.
+stop_server() {
+  if [[ -n $pid ]]; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=
+  fi
+}
+
+# ---- turn latency by number of simultaneous calls ----------------------------------
+
+latency_steps() {
+  local mode=$1 n best=none
+  printf '%-8s %6s %6s %9s %8s %8s | %s\n' mode calls turns answered p50_ms p95_ms "stages, median ms: stt / first text / first audio / first play"
+  for n in "${steps[@]}"; do
+    lines_before=$(wc -l < "$work/log")
+    "$load" "127.0.0.1:$port" "$n" "${wavs[@]}" > "$work/step"
+    sleep 1
+    tail -n +"$((lines_before + 1))" "$work/log" > "$work/steplog"
+    python3 - "$mode" "$n" "$work/step" "$work/steplog" <<'PY'
 import re, statistics, sys
-n, step, steplog = sys.argv[1], sys.argv[2], sys.argv[3]
+mode, n, step, steplog = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 text = open(step).read()
 lat = sorted(int(x) for x in re.findall(r"latency_ms=(\d+)", text))
 summary = dict(kv.split("=") for kv in text.strip().splitlines()[-1].split())
@@ -73,11 +109,81 @@ for m in re.finditer(r"agent turn \d+: stt (\d+)ms first text (\d+)ms first audi
     for i in range(4):
         stages[i].append(int(m.group(i + 1)))
 med = " / ".join(str(int(statistics.median(s))) if s else "-" for s in stages)
-print(f"{n:>6} {summary['turns']:>6} {summary['answered']:>9} {pct(lat, 50):>8} {pct(lat, 95):>8} | {med}")
+print(f"{mode:<8} {n:>6} {summary['turns']:>6} {summary['answered']:>9} {pct(lat, 50):>8} {pct(lat, 95):>8} | {med}")
 ok = summary["ok"] == n and summary["answered"] == summary["turns"] and lat and pct(lat, 95) <= 2000
 open(step + ".ok", "w").write("1" if ok else "0")
 PY
-  if [[ $(cat "$work/step.ok") == 1 ]]; then best=$n; else break; fi
+    if [[ $(cat "$work/step.ok") == 1 ]]; then best=$n; else break; fi
+  done
+  echo "$mode: most simultaneous agent calls with every turn answered and p95 <= 2000 ms: $best"
+}
+
+# ---- false cuts: sentences with a pause in the middle ------------------------------
+
+paused_halves=(
+  "I would like to|order a pizza."
+  "Can you tell me|when the shop opens?"
+  "My favourite colour is|dark blue."
+  "I am planning a trip to|Paris next month."
+  "Please remind me to|call my sister tomorrow."
+  "The weather here has been|sunny all week."
+  "I need to change|my delivery address."
+  "Could you book a table for|four people on Friday?"
+  "I was wondering if|you have any rooms left."
+  "My account number is|one two three four."
+  "I think the problem is|with my internet connection."
+  "We are looking for|a flat near the station."
+  "Can I speak to|someone about my bill?"
+  "The package arrived but|the box was damaged."
+  "I would rather have|the vegetarian option."
+  "Is it possible to|pay by card?"
+  "My daughter starts school|next September."
+  "I have been waiting for|almost an hour."
+  "Do you know if|the museum is open on Sunday?"
+  "I wanted to ask about|the price of a ticket."
+)
+paused_wavs=()
+
+make_paused_wavs() {
+  local i first second
+  sox -q -n -r 8000 -c 1 -b 16 "$work/pause.wav" trim 0 "$pause"
+  for i in "${!paused_halves[@]}"; do
+    first=${paused_halves[$i]%%|*}
+    second=${paused_halves[$i]#*|}
+    espeak-ng -v en-us -s 160 -w "$work/p$i-a-22k.wav" "$first"
+    espeak-ng -v en-us -s 160 -w "$work/p$i-b-22k.wav" "$second"
+    sox -q "$work/p$i-a-22k.wav" -r 8000 -c 1 -b 16 "$work/p$i-a.wav"
+    sox -q "$work/p$i-b-22k.wav" -r 8000 -c 1 -b 16 "$work/p$i-b.wav"
+    sox -q "$work/p$i-a.wav" "$work/pause.wav" "$work/p$i-b.wav" "$work/p$i.wav"
+    paused_wavs+=("$work/p$i.wav")
+  done
+}
+
+# One call says every paused sentence in turn; a sentence cut at the pause ends two
+# turns instead of one (the agent ends the first half, then the second half ends
+# another), so cuts = turn ends - sentences.
+false_cuts() {
+  local mode=$1
+  lines_before=$(wc -l < "$work/log")
+  "$load" "127.0.0.1:$port" 1 "${paused_wavs[@]}" > "$work/paused"
+  sleep 1
+  tail -n +"$((lines_before + 1))" "$work/log" > "$work/pausedlog"
+  python3 - "$mode" "${#paused_wavs[@]}" "$pause" "$work/pausedlog" <<'PY'
+import re, sys
+mode, total, pause, log = sys.argv[1], int(sys.argv[2]), sys.argv[3], open(sys.argv[4]).read()
+ends = len(re.findall(r"agent end of turn after \d+ ms", log))
+verdicts = {v: len(re.findall(rf"agent end of turn: {v}\b", log)) for v in ("Complete", "Incomplete", "Fallback", "Failed")}
+cuts = max(0, ends - total)
+shown = ", ".join(f"{k.lower()} {v}" for k, v in verdicts.items()) if mode == "model" else "-"
+print(f"{mode:<8} false cuts at a {pause} s pause: {cuts}/{total} (turn ends {ends}; verdicts: {shown}; target <= 1 in 20)")
+PY
+}
+
+((${#paused_halves[@]})) && make_paused_wavs
+for mode in "${modes[@]}"; do
+  start_server "$mode"
+  latency_steps "$mode"
+  false_cuts "$mode"
+  stop_server
 done
-echo "most simultaneous agent calls with every turn answered and p95 <= 2000 ms: $best"
 echo "(target: p50 <= 1200 ms with tiny.en, the Joe voice and the built-in responder)"

@@ -10,7 +10,7 @@ mod voice_support;
 
 use agent_support::{call_agent, start_server, transcribe, whisper, ONE_CALL_AT_A_TIME};
 use common::free_port;
-use voice_support::audio::{espeak, silence, RATE};
+use voice_support::audio::{espeak, silence, voiced_spans, RATE};
 
 #[test]
 fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
@@ -59,25 +59,6 @@ fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
         "the greeting does not say what was remembered: {greeting:?}"
     );
     server.terminate();
-}
-
-/// Start times (seconds) of stretches of `audio` (16 kHz) louder than -40 dBFS in 20 ms
-/// frames, as (start, end) with gaps shorter than `max_gap` bridged.
-fn voiced_spans(audio: &[f32], max_gap: f32) -> Vec<(f32, f32)> {
-    let frame = (RATE / 50) as usize;
-    let mut spans: Vec<(f32, f32)> = Vec::new();
-    for (i, chunk) in audio.chunks(frame).enumerate() {
-        let rms = (chunk.iter().map(|x| x * x).sum::<f32>() / chunk.len() as f32).sqrt();
-        if rms < 0.01 {
-            continue;
-        }
-        let (start, end) = (i as f32 * 0.02, (i + 1) as f32 * 0.02);
-        match spans.last_mut() {
-            Some(last) if start - last.1 <= max_gap => last.1 = end,
-            _ => spans.push((start, end)),
-        }
-    }
-    spans
 }
 
 #[test]

@@ -211,3 +211,22 @@ pub fn missing_words(expected: &str, heard: &str) -> Vec<String> {
         .filter(|w| !heard.contains(w))
         .collect()
 }
+
+/// Stretches of `audio` (16 kHz) louder than -40 dBFS in 20 ms frames, as (start, end)
+/// in seconds, with gaps up to `max_gap` bridged: when a phone heard the agent speak.
+pub fn voiced_spans(audio: &[f32], max_gap: f32) -> Vec<(f32, f32)> {
+    let frame = (RATE / 50) as usize;
+    let mut spans: Vec<(f32, f32)> = Vec::new();
+    for (i, chunk) in audio.chunks(frame).enumerate() {
+        let rms = (chunk.iter().map(|x| x * x).sum::<f32>() / chunk.len() as f32).sqrt();
+        if rms < 0.01 {
+            continue;
+        }
+        let (start, end) = (i as f32 * 0.02, (i + 1) as f32 * 0.02);
+        match spans.last_mut() {
+            Some(last) if start - last.1 <= max_gap => last.1 = end,
+            _ => spans.push((start, end)),
+        }
+    }
+    spans
+}

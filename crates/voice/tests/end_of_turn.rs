@@ -103,6 +103,17 @@ impl Call {
         }
     }
 
+    /// The caller speaks for `speech`, then is silent until the model is asked (200 ms):
+    /// returns when the speech ended, the check and the early transcription's turn.
+    fn speak_until_asked(&mut self, speech: Duration) -> (Duration, TurnCheckId, TurnId) {
+        self.frames(speech, true);
+        let spoke_until = self.elapsed();
+        self.frames(ms(200), false);
+        let (_, check, _) = *self.checks().last().expect("the model was asked");
+        let (_, turn) = *self.transcribes().last().expect("transcription started");
+        (spoke_until, check, turn)
+    }
+
     fn checks(&self) -> Vec<(Duration, TurnCheckId, usize)> {
         self.log
             .iter()
@@ -183,10 +194,7 @@ fn the_model_is_asked_after_200_ms_of_silence_with_the_utterance_and_transcripti
 #[test]
 fn a_complete_verdict_ends_the_turn_at_once_and_answers_with_the_early_transcript() {
     let mut c = Call::new(model_config());
-    c.frames(ms(1000), true);
-    c.frames(ms(200), false);
-    let (_, check, _) = c.checks()[0];
-    let (_, turn) = c.transcribes()[0];
+    let (_, check, turn) = c.speak_until_asked(ms(1000));
     c.frames(ms(40), false); // the model takes 40 ms
     c.transcript(turn, "I need a table for two.");
     assert_eq!(
@@ -205,10 +213,7 @@ fn a_complete_verdict_ends_the_turn_at_once_and_answers_with_the_early_transcrip
 #[test]
 fn a_complete_verdict_before_the_transcript_answers_when_the_transcript_arrives() {
     let mut c = Call::new(model_config());
-    c.frames(ms(800), true);
-    c.frames(ms(200), false);
-    let (_, check, _) = c.checks()[0];
-    let (_, turn) = c.transcribes()[0];
+    let (_, check, turn) = c.speak_until_asked(ms(800));
     c.verdict(check, Ok(0.8));
     assert_eq!(c.conv.state(), State::Thinking, "the turn ended");
     c.frames(ms(300), false);
@@ -258,11 +263,7 @@ fn an_incomplete_verdict_keeps_listening_and_the_rest_of_the_sentence_is_one_tur
 #[test]
 fn the_fallback_silence_ends_a_turn_the_model_called_incomplete() {
     let mut c = Call::new(model_config());
-    c.frames(ms(1000), true);
-    let spoke_until = c.elapsed();
-    c.frames(ms(200), false);
-    let (_, check, _) = c.checks()[0];
-    let (_, turn) = c.transcribes()[0];
+    let (spoke_until, check, turn) = c.speak_until_asked(ms(1000));
     c.transcript(turn, "So I was thinking");
     c.verdict(check, Ok(0.2));
     c.frames(ms(1380), false);
@@ -291,9 +292,7 @@ fn the_fallback_silence_ends_the_turn_when_the_model_never_answers() {
 #[test]
 fn a_verdict_on_audio_the_caller_has_since_added_to_is_ignored() {
     let mut c = Call::new(model_config());
-    c.frames(ms(1000), true);
-    c.frames(ms(200), false);
-    let (_, stale, _) = c.checks()[0];
+    let (_, stale, _) = c.speak_until_asked(ms(1000));
     c.frames(ms(300), true); // the caller goes on before the model answers
     c.verdict(stale, Ok(0.99));
     assert!(c.verdicts().is_empty(), "a stale verdict is not counted");
@@ -314,11 +313,7 @@ fn a_verdict_on_audio_the_caller_has_since_added_to_is_ignored() {
 #[test]
 fn a_failed_verdict_falls_back_to_the_silence_rule() {
     let mut c = Call::new(model_config());
-    c.frames(ms(1000), true);
-    let spoke_until = c.elapsed();
-    c.frames(ms(200), false);
-    let (_, check, _) = c.checks()[0];
-    let (_, turn) = c.transcribes()[0];
+    let (spoke_until, check, turn) = c.speak_until_asked(ms(1000));
     c.transcript(turn, "Hello there.");
     c.verdict(check, Err(StageError::Busy));
     assert_eq!(c.verdicts(), vec![TurnVerdict::Failed]);
@@ -334,10 +329,7 @@ fn a_failed_verdict_falls_back_to_the_silence_rule() {
 #[test]
 fn a_failure_reported_after_the_silence_rule_was_due_ends_the_turn_at_once() {
     let mut c = Call::new(model_config());
-    c.frames(ms(1000), true);
-    c.frames(ms(200), false);
-    let (_, check, _) = c.checks()[0];
-    let (_, turn) = c.transcribes()[0];
+    let (_, check, turn) = c.speak_until_asked(ms(1000));
     c.transcript(turn, "Hello there.");
     c.frames(ms(700), false);
     assert!(c.answered_at().is_none());
