@@ -64,6 +64,12 @@ pub fn start_server_env(
 /// One baresip call from 1000 to 5555 whose microphone plays `mic` (16 kHz samples);
 /// baresip hangs up when the WAV ends. Returns what it heard, at 16 kHz.
 pub fn call_agent(sip_port: u16, mic: &[f32]) -> Vec<f32> {
+    call_agent_for(sip_port, mic, mic.len() as u32 / RATE + 15)
+}
+
+/// [`call_agent`] with baresip quitting `seconds` after it starts: it waits that long
+/// even when the switch ends the call sooner.
+pub fn call_agent_for(sip_port: u16, mic: &[f32], seconds: u32) -> Vec<f32> {
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("mic.wav");
     write_wav(&wav, PHONE_RATE, &resample(mic, RATE, PHONE_RATE));
@@ -78,7 +84,7 @@ pub fn call_agent(sip_port: u16, mic: &[f32]) -> Vec<f32> {
             console: false,
         },
     );
-    let log = phone.call("5555", mic.len() as u32 / RATE + 15);
+    let log = phone.call("5555", seconds);
     let (samples, rate) = read_wav(&std::fs::read(phone.heard(&log)).unwrap());
     resample(&samples, rate, RATE)
 }
