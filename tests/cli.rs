@@ -129,6 +129,7 @@ fn models_fetch_second_run_downloads_nothing() {
         "whisper-tiny.en",
         "piper-joe",
         "silero-vad",
+        "smart-turn-v3.2",
         "all-minilm-l6-v2",
         "onnxruntime",
     ] {
