@@ -478,7 +478,9 @@ pub(crate) async fn relay(
     };
     let (mut buf_a, mut buf_b) = (vec![0u8; 2048], vec![0u8; 2048]);
     let (mut rtcp_a, mut rtcp_b) = (vec![0u8; 2048], vec![0u8; 2048]);
-    let before = sa.stats();
+    // Either session may have run before (the agent's call, a relay before a transfer):
+    // only what was refused during this relay is counted here.
+    let before = (sa.stats(), sb.stats());
     // Hold on one leg is mirrored onto the other; a leg that holds may stop sending
     // RTP without that ending the call.
     let (mut mirror_a, mut mirror_b) = (Mirror::new(extension), Mirror::new(extension));
@@ -580,12 +582,17 @@ pub(crate) async fn relay(
         media::send_transmits(sb, pb, srtp_b, now);
     };
     let (after, stats_b) = (sa.stats(), sb.stats());
-    let rejected = (after.rtp_rejected + after.rtcp_rejected)
-        .saturating_sub(before.rtp_rejected + before.rtcp_rejected)
-        + stats_b.rtp_rejected
-        + stats_b.rtcp_rejected;
-    metrics.rtp_rejected_packets.inc_by(rejected);
-    info!("call to {extension} over: caller {after:?}, callee {stats_b:?}");
+    let rejected_since = |now: &sofia_media::Stats, then: &sofia_media::Stats| {
+        (now.rtp_rejected + now.rtcp_rejected)
+            .saturating_sub(then.rtp_rejected + then.rtcp_rejected)
+    };
+    metrics
+        .rtp_rejected_packets
+        .inc_by(rejected_since(&after, &before.0) + rejected_since(&stats_b, &before.1));
+    // A transfer goes on with one of the legs; the call is over only otherwise.
+    if !matches!(ended, Ended::Refer { .. }) {
+        info!("call to {extension} over: caller {after:?}, callee {stats_b:?}");
+    }
     ended
 }
 

@@ -602,9 +602,8 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
         ],
     );
     assert_sipp_ok(&caller, "1000's REFER of 1001 to 1002");
-    // Two relays end: 1000 with 1001 at the REFER, then 1001 with 1002 at the hang-up.
-    let mut lines = server.wait_for("call to 1001 over");
-    lines.extend(server.wait_for("call to 1001 over"));
+    // Over when 1001, put through to 1002, hangs up.
+    let lines = server.wait_for("call to 1001 over");
     let logs: Vec<String> = runs
         .into_iter()
         .map(|run| {
@@ -631,4 +630,45 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
         700.0,
         &context,
     );
+}
+
+/// A REFER the switch cannot carry out is refused over its subscription (RFC 3515: 202,
+/// then a final NOTIFY "SIP/2.0 403 Forbidden") and the call goes on: to an extension
+/// that is no user, in a call between phones (the SIPp phone 1001 must still get the
+/// caller's BYE), and on the echo test, which transfers nobody.
+#[test]
+fn a_refer_the_switch_cannot_carry_out_gets_notify_403_and_the_call_goes_on() {
+    let (data, sip_port, server) = switch();
+    let phone = SippPhone::register(data.path(), sip_port, "phone_answers.xml", &[]);
+    let refer = |extension: &str, target: &str| {
+        sipp(
+            "refer_refused.xml",
+            sip_port,
+            &[
+                "-s",
+                extension,
+                "-au",
+                "1000",
+                "-ap",
+                "secret-1000",
+                "-key",
+                "caller",
+                "1000",
+                "-key",
+                "target",
+                target,
+            ],
+        )
+    };
+    assert_sipp_ok(&refer("1001", "9999"), "a REFER of 1001 to 9999 (no user)");
+    let lines = server.wait_for("call to 1001 over");
+    assert_logged(&lines, "REFER to sip:9999@127.0.0.1 refused, 403");
+    assert_sipp_ok(
+        &phone.finish(),
+        "the phone 1001 (answer, then the caller's BYE)",
+    );
+    assert_sipp_ok(&refer("9196", "1001"), "a REFER on the echo test");
+    let lines = server.wait_for("call to 9196 over");
+    assert_logged(&lines, "REFER to sip:1001@127.0.0.1 refused, 403");
+    server.terminate();
 }
