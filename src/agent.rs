@@ -26,6 +26,7 @@ use crate::config::{EndOfTurnMode, Profile};
 use crate::memory::service::{MemoryConfig, MemoryService};
 use crate::metrics::{AgentState, Metrics};
 use crate::models::catalog::whisper_ggml;
+use crate::voice::echo::EchoCheck;
 use crate::voice::{
     InFlight, MediaCommand, OpenAiConfig, OpenAiLlm, PiperTts, PromptCache, SileroVad, SmartTurn,
     StageResult, Stages, VadStream, VoiceModels, WhisperConfig, WhisperStt, WorkerPool,
@@ -52,6 +53,9 @@ pub struct Agent {
     /// (embedding plus search, tens of ms). Past it, the reply goes without.
     recall_budget: Duration,
     metrics: Arc<Metrics>,
+    /// `agent.echo_suppression`: the caller's speech that is the agent's own echo does
+    /// not interrupt it.
+    echo_suppression: bool,
 }
 
 /// Whom the agent may hand callers to: `agent.handoff_extension` for "a person", and
@@ -196,6 +200,7 @@ impl Agent {
             transcript_writer: TranscriptWriter::start()?,
             recall_budget: Duration::from_millis(profile.memory.recall_budget_ms.into()),
             metrics,
+            echo_suppression: profile.agent.echo_suppression,
         })
     }
 
@@ -291,6 +296,7 @@ impl Agent {
             results_tx,
             results,
             playback: Playback::default(),
+            echo: self.echo_suppression.then(EchoCheck::new),
         }
     }
 }
@@ -361,6 +367,9 @@ pub struct AgentCall {
     results_tx: mpsc::UnboundedSender<StageResult>,
     results: mpsc::UnboundedReceiver<StageResult>,
     playback: Playback,
+    /// What was sent to the phone, to tell the agent's echo from the caller's speech
+    /// (`None` with `agent.echo_suppression = false`).
+    echo: Option<EchoCheck>,
 }
 
 impl AgentCall {
@@ -442,6 +451,18 @@ impl AgentCall {
                 false
             }
         };
+        // Speech the playout explains is the agent hearing itself: not the caller
+        // talking, so it neither interrupts the agent nor starts a turn.
+        let speech = match self.echo.as_mut() {
+            Some(echo) => {
+                let caller = echo.caller_speech(samples, speech);
+                if speech && !caller {
+                    self.agent.metrics.agent_echo_frames.inc();
+                }
+                caller
+            }
+            None => speech,
+        };
         self.conversation.handle_audio(now, samples, speech);
     }
 
@@ -493,6 +514,9 @@ impl AgentCall {
     /// conversation has queued. Returns what the agent wants done with the call, if
     /// anything: ended, or handed to a person.
     pub fn drive(&mut self, now: Instant, session: &mut MediaSession) -> Option<AgentRequest> {
+        if let Some(echo) = self.echo.as_mut() {
+            echo.handle_sent(session);
+        }
         if self.conversation.poll_timeout().is_some_and(|t| t <= now) {
             self.conversation.handle_timeout(now);
         }
@@ -543,12 +567,18 @@ impl AgentCall {
                     } else {
                         let queued = session.queued_playback().saturating_sub(before);
                         self.playback.push(clip, queued);
+                        if let Some(echo) = self.echo.as_mut() {
+                            echo.queued(session, &audio.samples, audio.sample_rate);
+                        }
                     }
                 }
                 MediaCommand::Flush => {
                     // Barge-in: nothing queued goes out after the frame on the wire now.
                     session.flush_playback();
                     self.playback.flush();
+                    if let Some(echo) = self.echo.as_mut() {
+                        echo.flushed();
+                    }
                 }
                 MediaCommand::HangUp(reason) => hang_up = Some(AgentRequest::HangUp(reason)),
                 MediaCommand::Transfer(target) => hang_up = Some(AgentRequest::Transfer(target)),

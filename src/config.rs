@@ -382,6 +382,9 @@ pub struct AgentSettings {
     /// Extensions a caller may ask the agent for by number; empty: every configured
     /// user.
     pub handoff_allowed: Vec<String>,
+    /// Caller speech that is the agent's own playout coming back (a speakerphone, a
+    /// PSTN hybrid) does not interrupt the agent.
+    pub echo_suppression: bool,
 }
 
 impl AgentSettings {
@@ -686,6 +689,7 @@ struct AgentFile {
     max_calls: u32,
     handoff_extension: String,
     handoff_allowed: Vec<String>,
+    echo_suppression: bool,
 }
 
 impl Default for AgentFile {
@@ -708,6 +712,7 @@ impl Default for AgentFile {
             max_calls: 0,
             handoff_extension: String::new(),
             handoff_allowed: Vec::new(),
+            echo_suppression: true,
         }
     }
 }
@@ -1448,6 +1453,7 @@ fn agent_settings(
         max_calls,
         handoff_extension: (!handoff_extension.is_empty()).then_some(handoff_extension),
         handoff_allowed: file.handoff_allowed,
+        echo_suppression: file.echo_suppression,
     })
 }
 
@@ -1918,6 +1924,20 @@ mod tests {
         let e = broken(agent_key, &agent_key.replace("= 0", "= 100001"));
         assert_eq!(e.key, "agent.max_calls");
         assert!(e.fix.contains("0 to 100000"), "{e}");
+    }
+
+    #[test]
+    fn echo_suppression_is_on_by_default_can_be_turned_off_and_must_be_a_boolean() {
+        assert!(builtin(&[]).unwrap().agent.echo_suppression);
+        let key = "echo_suppression = true";
+        let text = BUILTIN_PROFILE.replacen(key, "echo_suppression = false", 1);
+        let p = parse("ok.toml", &text, &env(&[]), &CliOverrides::default()).unwrap();
+        assert!(!p.agent.echo_suppression);
+        let e = broken(key, "echo_suppression = \"yes\"");
+        assert_eq!(
+            (e.origin.as_str(), e.key.as_str()),
+            ("bad.toml", "agent.echo_suppression")
+        );
     }
 
     #[test]

@@ -102,6 +102,9 @@ pub struct Metrics {
     pub agent_turns: Counter,
     /// Caller interruptions of the agent.
     pub agent_barge_ins: Counter,
+    /// Caller frames the voice activity detector called speech that were the agent's own
+    /// echo: not counted toward barge-in or a turn.
+    pub agent_echo_frames: Counter,
     /// Replies from the built-in responder because the language model was off or failing.
     pub agent_fallback_replies: Counter,
     /// Seconds from the end of the caller's speech to the reply's first audio frame
@@ -197,6 +200,12 @@ impl Metrics {
             "agent_barge_ins",
             "Times a caller interrupted the agent",
             agent_barge_ins.clone(),
+        );
+        let agent_echo_frames = Counter::default();
+        registry.register(
+            "agent_echo_suppressed_frames",
+            "Caller audio frames taken for speech that were the agent's own echo (no barge-in)",
+            agent_echo_frames.clone(),
         );
         let agent_fallback_replies = Counter::default();
         registry.register(
@@ -359,6 +368,7 @@ impl Metrics {
             calls_active,
             agent_turns,
             agent_barge_ins,
+            agent_echo_frames,
             agent_fallback_replies,
             agent_turn_latency,
             stage_breaker_state,

@@ -533,12 +533,46 @@ impl Phone {
     ) -> CallOutcome {
         let mut out = CallOutcome::default();
         let start = Instant::now();
-        let mut leg = self.leg(user, extension);
-        let rtp_addr = match rtp.local_addr() {
-            Ok(a) => a,
-            Err(_) => return out,
+        let Ok(rtp_addr) = rtp.local_addr() else {
+            return out;
         };
-        let sdp = offer(rtp_addr);
+        let call = match self.invite(user, password, extension, rtp_addr).await {
+            Ok(call) => call,
+            Err(status) => {
+                out.invite = Some(Outcome {
+                    status,
+                    elapsed: start.elapsed(),
+                });
+                return out;
+            }
+        };
+        out.invite = Some(Outcome {
+            status: Ok(200),
+            elapsed: start.elapsed(),
+        });
+        out.rtp = Some(match call.media_to {
+            Some(media_to) => echo_frames(rtp, media_to, frames).await,
+            None => Outcome {
+                status: Err("no-sdp"),
+                elapsed: Duration::ZERO,
+            },
+        });
+        out.bye = Some(self.bye(&call).await);
+        out
+    }
+
+    /// Calls `extension` as `user` offering PCMU at `rtp` (answering a digest
+    /// challenge) and ACKs the 200. Err: the final status other than 200, or why there
+    /// was none.
+    pub async fn invite(
+        &mut self,
+        user: &str,
+        password: &str,
+        extension: &str,
+        rtp: SocketAddr,
+    ) -> Result<Call, Result<u16, &'static str>> {
+        let mut leg = self.leg(user, extension);
+        let sdp = offer(rtp);
         let body = Some(("application/sdp", sdp.as_str()));
         let branch = token();
         let invite = leg.request("INVITE", 1, &branch, "", body);
@@ -575,47 +609,47 @@ impl Phone {
         }
         let answer = match response {
             Ok(r) if status_of(&r) == Some(200) => r,
-            other => {
-                out.invite = Some(Outcome {
-                    status: other.map(|r| status_of(&r).unwrap_or(0)),
-                    elapsed: start.elapsed(),
-                });
-                return out;
-            }
+            other => return Err(other.map(|r| status_of(&r).unwrap_or(0))),
         };
-        out.invite = Some(Outcome {
-            status: Ok(200),
-            elapsed: start.elapsed(),
-        });
         leg.to_tag = tag_param(header(&answer, "To"));
         let ack = leg.request("ACK", cseq, &token(), "", None);
         let _ = self.send(ack.as_bytes()).await;
+        let media_to = answer_media(&answer, self.server.ip());
+        Ok(Call {
+            leg,
+            cseq,
+            media_to,
+        })
+    }
 
-        if let Some(media_to) = answer_media(&answer, self.server.ip()) {
-            out.rtp = Some(echo_frames(rtp, media_to, frames).await);
-        } else {
-            out.rtp = Some(Outcome {
-                status: Err("no-sdp"),
-                elapsed: Duration::ZERO,
-            });
-        }
-
-        let bye_start = Instant::now();
-        let bye = leg.request("BYE", cseq + 1, &token(), "", None);
+    /// Hangs up a call [`Phone::invite`] placed.
+    pub async fn bye(&mut self, call: &Call) -> Outcome {
+        let start = Instant::now();
+        let cseq = call.cseq + 1;
+        let bye = call.leg.request("BYE", cseq, &token(), "", None);
         let result = self
             .transact(
                 &bye,
-                &leg.call_id,
-                &format!("{} BYE", cseq + 1),
+                &call.leg.call_id,
+                &format!("{cseq} BYE"),
                 TRANSACTION_LIMIT,
             )
             .await;
-        out.bye = Some(Outcome {
+        Outcome {
             status: result.map(|r| status_of(&r).unwrap_or(0)),
-            elapsed: bye_start.elapsed(),
-        });
-        out
+            elapsed: start.elapsed(),
+        }
     }
+}
+
+/// A call [`Phone::invite`] established.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub leg: Leg,
+    /// The INVITE's CSeq (2 after a challenge).
+    pub cseq: u32,
+    /// Where the switch wants our RTP (from its SDP answer).
+    pub media_to: Option<SocketAddr>,
 }
 
 /// What one call came to, step by step (`None`: not reached).

@@ -18,11 +18,12 @@
 //! echo". Silent playout never makes a frame echo.
 //!
 //! Cost and chance: the delay is searched coarsely at 1 kHz and refined at 4 kHz. The
-//! delay of the last echo frame is tried first (±2 ms), then the neighbourhood (±60 ms)
+//! delay of the last echo frame is tried first (±2 ms), then the neighbourhood (±120 ms)
 //! of the call's echo path (a delay three echo frames in a row agreed on), and only then
 //! every delay. Over every delay an unrelated voice sometimes resembles some stretch of
-//! the playout, so a match found there must be closer ([`NEW_PATH_CORRELATION`]) and
-//! counts only when the next frame matches at the same delay too.
+//! the playout, so a match found there counts only when the next frame matches at the
+//! same delay too, and once the call has a path, it must be closer
+//! ([`NEW_PATH_CORRELATION`]).
 //!
 //! Must not: read a clock or keep more than the search window of audio. Pure sample
 //! arithmetic; the shell decides what to do with the verdict.
@@ -52,18 +53,18 @@ const FINE_WINDOW: usize = 240;
 const REFINE: usize = 6;
 /// Tracking around the last delay, in 4 kHz samples (±2 ms).
 const TRACK: usize = 8;
-/// How far from a known echo path (ms) the delay is searched: the shell's jitter buffer
-/// may grow or shrink the round trip by a few frames.
-const WANDER_MS: usize = 60;
+/// How far from a known echo path (ms) the delay is searched at the usual bar: the
+/// phone's and the shell's jitter buffers may grow or shrink the round trip by a few
+/// frames between one talkspurt and the next.
+const WANDER_MS: usize = 120;
 /// Echo frames in a row at one delay that make it the call's echo path.
 const CONFIRM: u32 = 3;
 /// Normalized cross-correlation from which a frame is the playout's echo. A scaled,
 /// delayed copy through G.711 scores above 0.95; caller speech as loud as the echo brings
 /// it to about 0.7 (1/sqrt(2)).
 pub const ECHO_CORRELATION: f32 = 0.8;
-/// The same, for a delay found away from the known path (or before there is one): the
-/// echo of a clean path scores above 0.9, an unrelated voice that happens to resemble
-/// the playout rarely does.
+/// The same, for a delay found away from the known echo path: the echo of a clean path
+/// scores above 0.9, an unrelated voice that happens to resemble the playout rarely does.
 pub const NEW_PATH_CORRELATION: f32 = 0.9;
 /// Mean square below which the playout counts as silent (-50 dBFS RMS).
 const PLAYOUT_FLOOR: f32 = 1e-5;
@@ -347,7 +348,7 @@ impl EchoDetector {
         // rarely holds at the same delay for the next frame too, so one frame alone is
         // not believed.
         match self.search(0..=MAX_DELAY_MS as u64) {
-            Some((delay, correlation)) if correlation >= NEW_PATH_CORRELATION => {
+            Some((delay, correlation)) if correlation >= self.new_path_correlation() => {
                 self.confirm(delay);
                 if self.run < 2 {
                     return EchoVerdict::NotEcho { correlation };
@@ -364,6 +365,17 @@ impl EchoDetector {
                     correlation: other.map_or(0.0, |(_, c)| c),
                 }
             }
+        }
+    }
+
+    /// What a match away from the known echo path must reach. Before there is a path
+    /// (the greeting's first frames) the usual bar: the call's first echo must be
+    /// caught at once, and the caller rarely talks over the first words.
+    fn new_path_correlation(&self) -> f32 {
+        if self.path.is_some() {
+            NEW_PATH_CORRELATION
+        } else {
+            ECHO_CORRELATION
         }
     }
 
