@@ -200,3 +200,18 @@ fn smart_turn_answers_silence_and_odd_lengths_without_panicking() {
         assert!((0.0..=1.0).contains(&p), "{p}");
     }
 }
+
+#[test]
+fn a_missing_smart_turn_file_is_reported_with_the_fetch_hint() {
+    let models = VoiceModels::under(&models_dir());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("smart-turn/smart-turn-v3.2-cpu.onnx");
+    let err = match SmartTurn::load(&missing, &models.onnxruntime) {
+        Ok(_) => panic!("a missing model loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("smart-turn-v3.2-cpu.onnx") && err.contains("sofia-phone models fetch"),
+        "{err}"
+    );
+}
