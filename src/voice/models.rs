@@ -50,6 +50,29 @@ impl VoiceModels {
     }
 }
 
+/// An ONNX Runtime session for `model` (checked like every model file, ONNX Runtime
+/// loaded first) on one intra-op and one inter-op thread: Silero and Smart Turn are
+/// small, and run beside Whisper on few cores. ONNX Runtime's defaults give the rest:
+/// sequential execution, every graph optimisation. `what` names the model in errors.
+pub fn single_thread_session(
+    model: &Path,
+    onnxruntime: &Path,
+    what: &str,
+) -> anyhow::Result<ort::session::Session> {
+    require(model)?;
+    init_onnxruntime(onnxruntime)?;
+    let options = |e: &dyn std::fmt::Display| anyhow::anyhow!("ONNX Runtime session options: {e}");
+    let mut builder = ort::session::Session::builder()
+        .map_err(|e| options(&e))?
+        .with_intra_threads(1)
+        .map_err(|e| options(&e))?
+        .with_inter_threads(1)
+        .map_err(|e| options(&e))?;
+    builder
+        .commit_from_file(model)
+        .map_err(|e| anyhow::anyhow!("cannot load {what} {}: {e}", model.display()))
+}
+
 /// Why ONNX Runtime could not be set up.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OrtSetupError {

@@ -13,15 +13,13 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::Tensor;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 use sofia_voice::StageError;
 
-use crate::models::fetch::require;
-use crate::voice::models::init_onnxruntime;
+use crate::voice::models::single_thread_session;
 
 /// The model's window: the last 8 s at 16 kHz.
 pub const WINDOW_SAMPLES: usize = 8 * 16_000;
@@ -197,25 +195,9 @@ pub struct SmartTurn {
 
 impl SmartTurn {
     pub fn load(model: &Path, onnxruntime: &Path) -> anyhow::Result<Self> {
-        require(model)?;
-        init_onnxruntime(onnxruntime)?;
-        let options =
-            |e: &dyn std::fmt::Display| anyhow::anyhow!("ONNX Runtime session options: {e}");
         // As the reference runs it: sequential execution, one inter-op thread, every
-        // graph optimisation.
-        let mut builder = Session::builder()
-            .map_err(|e| options(&e))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| options(&e))?
-            .with_parallel_execution(false)
-            .map_err(|e| options(&e))?
-            .with_intra_threads(1)
-            .map_err(|e| options(&e))?
-            .with_inter_threads(1)
-            .map_err(|e| options(&e))?;
-        let session = builder
-            .commit_from_file(model)
-            .map_err(|e| anyhow::anyhow!("cannot load Smart Turn {}: {e}", model.display()))?;
+        // graph optimisation (ONNX Runtime's defaults), and one intra-op thread.
+        let session = single_thread_session(model, onnxruntime, "Smart Turn")?;
         let output = session
             .outputs()
             .first()

@@ -11,8 +11,7 @@ use std::sync::Mutex;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::models::fetch::require;
-use crate::voice::models::init_onnxruntime;
+use crate::voice::models::single_thread_session;
 
 /// Samples per Silero window at 16 kHz.
 pub const WINDOW: usize = 512;
@@ -31,19 +30,7 @@ pub struct SileroVad {
 
 impl SileroVad {
     pub fn load(model: &Path, onnxruntime: &Path) -> anyhow::Result<Self> {
-        require(model)?;
-        init_onnxruntime(onnxruntime)?;
-        let options =
-            |e: &dyn std::fmt::Display| anyhow::anyhow!("ONNX Runtime session options: {e}");
-        let mut builder = Session::builder()
-            .map_err(|e| options(&e))?
-            .with_intra_threads(1)
-            .map_err(|e| options(&e))?
-            .with_inter_threads(1)
-            .map_err(|e| options(&e))?;
-        let session = builder
-            .commit_from_file(model)
-            .map_err(|e| anyhow::anyhow!("cannot load Silero VAD {}: {e}", model.display()))?;
+        let session = single_thread_session(model, onnxruntime, "Silero VAD")?;
         Ok(Self {
             session: Mutex::new(session),
         })
