@@ -1,7 +1,8 @@
 //! A caller who says only "Bye." (or "Goodbye.", or "Thank you, bye.") is taken at their
 //! word: baresip (Debian package) calls 5555 and speaks it (espeak-ng), the real Silero
 //! VAD, Whisper and built-in responder hear it, the agent says its goodbye and the switch
-//! hangs up. Whisper used to drop a short "Bye" as a phantom and to loop on "Goodbye",
+//! hangs up; calling again, the caller is not told "Last time you told me that bye".
+//! Whisper used to drop a short "Bye" as a phantom and to loop on "Goodbye",
 //! which the responder then read back; the scripted STT of the controller tests cannot
 //! show either.
 
@@ -46,6 +47,14 @@ fn a_spoken_goodbye_ends_the_call() {
         let call_len = heard.len() as f32 / RATE as f32;
         let goodbye_end = last_sound(&heard);
         let answer = transcribe(&stt, &heard[(said_end * RATE as f32) as usize..]);
+        // From the second call on the caller is known; a call that was only a goodbye
+        // left nothing to bring up ("Last time you told me that bye").
+        let greeting = transcribe(&stt, &heard[..(LEAD * RATE as f32) as usize]);
+        eprintln!("{said:?}: greeted with {greeting:?}");
+        assert!(
+            !greeting.contains("told me"),
+            "the greeting brings up a goodbye: {greeting:?}"
+        );
         eprintln!(
             "{said:?} (said by {said_end:.2} s): heard {answer:?}; the agent's audio ended at \
              {goodbye_end:.2} s, the call at {call_len:.2} s"

@@ -67,7 +67,12 @@ pub fn greeting(memory: &Recollection, now_ms: i64) -> String {
         .as_deref()
         .map(|n| format!(", {n}"))
         .unwrap_or_default();
-    match &memory.last_topic {
+    // A call that was only "Bye." left nothing to bring up ("you told me that bye").
+    let topic = memory
+        .last_topic
+        .as_ref()
+        .filter(|t| !text::is_goodbye(&t.text));
+    match topic {
         Some(topic) => format!(
             "Welcome back{who}! {} you told me {}. How can I help you today?",
             when_said(topic.unix_ms, now_ms, true),
@@ -311,6 +316,18 @@ mod tests {
         assert_eq!(
             greeting(&memory, NOW),
             "Welcome back, Ada! Last time you told me that you need to fix your bike before Saturday. How can I help you today?"
+        );
+    }
+
+    #[test]
+    fn a_goodbye_is_not_brought_up_as_the_last_topic() {
+        let memory = Recollection {
+            last_topic: Some(said("Thank you, bye.", 1)),
+            ..Recollection::default()
+        };
+        assert_eq!(
+            greeting(&memory, NOW),
+            "Welcome back! How can I help you today?"
         );
     }
 
