@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use common::baresip::{Baresip, Options};
 use common::{
-    assert_sipp_ok, call_args, free_port, sipp, sipp_spawn, tone_share, wait_saved_registration,
-    Server,
+    assert_sipp_ok, call_args, free_port, http_addr, http_get, sipp, sipp_spawn, tone_share,
+    wait_saved_registration, Server,
 };
 use voice_support::audio::{read_wav, write_tone_wav};
 
@@ -462,6 +462,7 @@ fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
     use std::time::Duration;
 
     let (data, sip_port, server) = switch();
+    let http = http_addr(&server);
     let phone = SippPhone::register(data.path(), sip_port, "phone_held.xml", &["-rtp_echo"]);
     let mics = tempfile::tempdir().unwrap();
     let mic = mics.path().join("mic.wav");
@@ -521,6 +522,11 @@ fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
         &phone.finish(),
         "the phone 1001 (answer, mirrored hold, mirrored resume, BYE)",
     );
+    let metrics = http_get(&http, "/metrics").1;
+    assert!(
+        metrics.contains("sofia_reinvites_sent_total 2"),
+        "{metrics}"
+    );
     server.terminate();
 
     // What baresip heard, in half-second steps: its tone echoed by the phone.
@@ -561,6 +567,7 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
         Some("1000:secret-1000,1001:secret-1001,1002:secret-1002"),
     );
     server.wait_for("listening for SIP on tcp");
+    let http = http_addr(&server);
     let mics = tempfile::tempdir().unwrap();
     // 1001 hangs up when its WAV ends, which ends the transferred call.
     let transferee_mic = mics.path().join("1001.wav");
@@ -604,6 +611,7 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
     assert_sipp_ok(&caller, "1000's REFER of 1001 to 1002");
     // Over when 1001, put through to 1002, hangs up.
     let lines = server.wait_for("call to 1001 over");
+    let metrics = http_get(&http, "/metrics").1;
     let logs: Vec<String> = runs
         .into_iter()
         .map(|run| {
@@ -630,6 +638,12 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
         700.0,
         &context,
     );
+    for outcome in ["accepted", "connected"] {
+        assert!(
+            metrics.contains(&format!("sofia_transfers_total{{outcome=\"{outcome}\"}} 1")),
+            "{metrics}"
+        );
+    }
 }
 
 /// A REFER the switch cannot carry out is refused over its subscription (RFC 3515: 202,
@@ -639,6 +653,7 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
 #[test]
 fn a_refer_the_switch_cannot_carry_out_gets_notify_403_and_the_call_goes_on() {
     let (data, sip_port, server) = switch();
+    let http = http_addr(&server);
     let phone = SippPhone::register(data.path(), sip_port, "phone_answers.xml", &[]);
     let refer = |extension: &str, target: &str| {
         sipp(
@@ -670,5 +685,10 @@ fn a_refer_the_switch_cannot_carry_out_gets_notify_403_and_the_call_goes_on() {
     assert_sipp_ok(&refer("9196", "1001"), "a REFER on the echo test");
     let lines = server.wait_for("call to 9196 over");
     assert_logged(&lines, "REFER to sip:1001@127.0.0.1 refused, 403");
+    let metrics = http_get(&http, "/metrics").1;
+    assert!(
+        metrics.contains("sofia_transfers_total{outcome=\"refused\"} 2"),
+        "{metrics}"
+    );
     server.terminate();
 }

@@ -4,47 +4,22 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{assert_sipp_ok, call_args, free_port, sipp, Server, USERS};
-
-/// A plain HTTP/1.0 GET: (status code, body).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
+use common::{assert_sipp_ok, call_args, free_port, http_addr, http_get, sipp, Server, USERS};
 
 #[test]
 fn health_and_metrics_report_the_agent_and_the_calls() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = Server::start(data.path(), port, Some(USERS));
-    let lines = server.wait_for("health and metrics on http://");
-    let addr = lines
-        .last()
-        .and_then(|l| l.split("http://").nth(1))
-        .and_then(|l| l.split('/').next())
-        .unwrap()
-        .to_string();
+    let addr = http_addr(&server);
     // The tests' servers have no models, so the agent cannot load.
     server.wait_for("voice agent unavailable");
 
-    let (status, body) = get(&addr, "/health");
+    let (status, body) = http_get(&addr, "/health");
     assert_eq!(status, 200, "{body}");
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "degraded", "{body}");
@@ -61,7 +36,7 @@ fn health_and_metrics_report_the_agent_and_the_calls() {
         ),
     );
     assert_sipp_ok(&out, "a call to an unknown extension");
-    let (status, metrics) = get(&addr, "/metrics");
+    let (status, metrics) = http_get(&addr, "/metrics");
     assert_eq!(status, 200);
     assert!(
         metrics.contains("sofia_calls_rejected_total{status=\"404\"} 1"),
@@ -71,23 +46,12 @@ fn health_and_metrics_report_the_agent_and_the_calls() {
         metrics.contains("# TYPE sofia_agent_turn_latency_seconds histogram"),
         "{metrics}"
     );
-    assert_eq!(get(&addr, "/nothing").0, 404);
+    assert_eq!(http_get(&addr, "/nothing").0, 404);
     server.terminate();
 }
 
-/// The admin listener's address, from the log line that names it.
-fn http_addr(server: &Server) -> String {
-    let lines = server.wait_for("health and metrics on http://");
-    lines
-        .last()
-        .and_then(|l| l.split("http://").nth(1))
-        .and_then(|l| l.split('/').next())
-        .unwrap()
-        .to_string()
-}
-
 fn get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
-    let (status, body) = get(addr, path);
+    let (status, body) = http_get(addr, path);
     let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     (status, value)
 }
@@ -108,7 +72,7 @@ fn livez_is_ok_and_readyz_is_503_while_the_agent_in_the_dialplan_is_unavailable(
     let addr = http_addr(&server);
     // The tests' servers have no models, so the agent cannot load.
     server.wait_for("voice agent unavailable");
-    assert_eq!(get(&addr, "/livez"), (200, "ok".to_string()));
+    assert_eq!(http_get(&addr, "/livez"), (200, "ok".to_string()));
     let (status, body) = get_json(&addr, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["ready"], false, "{body}");
@@ -208,7 +172,7 @@ fn readyz_is_503_at_capacity_and_while_draining_and_livez_stays_ok() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["draining"], true, "{body}");
     assert!(reasons(&body).contains(&"draining".to_string()), "{body}");
-    assert_eq!(get(&addr, "/livez"), (200, "ok".to_string()));
+    assert_eq!(http_get(&addr, "/livez"), (200, "ok".to_string()));
     // The call ends by itself (SIPp's BYE after 3 s) and the switch exits.
     assert_sipp_ok(&call.join().unwrap(), "the call in progress at SIGTERM");
     let status = server

@@ -160,6 +160,37 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A plain HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The address of the switch's health and metrics listener, read from its start-up
+/// log (the line comes after "listening for SIP on tcp").
+pub fn http_addr(server: &Server) -> String {
+    let lines = server.wait_for("health and metrics on http://");
+    lines
+        .last()
+        .and_then(|l| l.split("http://").nth(1))
+        .and_then(|l| l.split('/').next())
+        .unwrap()
+        .to_string()
+}
+
 /// Runs one SIPp scenario from fixtures/sipp against `127.0.0.1:server_port` until it
 /// completes once (`-m 1`); SIPp exits 0 only if every step matched. Gives up after 30 s.
 pub fn sipp(scenario: &str, server_port: u16, extra: &[&str]) -> std::process::Output {
