@@ -1513,10 +1513,12 @@ pub fn default_models_dir(env: &dyn Env, data_dir: &Path) -> (PathBuf, Option<St
     ];
     match old.into_iter().find(|dir| holds_models(dir)) {
         Some(old) => {
+            let parent = cache.parent().unwrap_or(&cache);
             let note = format!(
-                "models: using {} (where earlier versions kept them); models are now a cache shared by every data dir, in {} by default: move them there (mv {} {}) or set storage.models_dir",
+                "models: using {} (where earlier versions kept them); models are now a cache shared by every data dir, in {} by default: move them there (mkdir -p {} && mv {} {}) or set storage.models_dir",
                 old.display(),
                 cache.display(),
+                parent.display(),
                 old.display(),
                 cache.display()
             );
