@@ -72,7 +72,6 @@ pub struct Config {
     pub handoff: Option<HandoffConfig>,
 }
 
-/// Whom the agent may connect a caller to.
 /// How the end of the caller's turn is decided.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EndOfTurn {
@@ -126,6 +125,7 @@ pub enum TurnVerdict {
     Failed,
 }
 
+/// Whom the agent may connect a caller to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandoffConfig {
     /// "Connect me to a person" (or the key 0) goes here.
@@ -137,8 +137,8 @@ pub struct HandoffConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            end_of_turn_silence: Duration::from_millis(600),
             end_of_turn: EndOfTurn::Silence,
+            end_of_turn_silence: Duration::from_millis(600),
             early_stt_silence: Some(Duration::from_millis(250)),
             min_speech: Duration::from_millis(200),
             barge_in_min_speech: Duration::from_millis(200),
@@ -260,11 +260,11 @@ pub enum Stage {
 /// the same id; results for a turn or clip the controller has given up on are ignored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Run speech-to-text on 16 kHz audio; answer with [`Conversation::handle_transcript`].
     /// Ask the end-of-turn model whether the caller has finished, on the utterance so far
     /// (16 kHz: pre-roll, speech and the silence after it); answer with
     /// [`Conversation::handle_turn_prediction`].
     PredictTurnEnd { check: TurnCheckId, audio: Vec<f32> },
+    /// Run speech-to-text on 16 kHz audio; answer with [`Conversation::handle_transcript`].
     Transcribe {
         turn: TurnId,
         audio: Vec<f32>,
@@ -366,7 +366,6 @@ pub enum Event {
     EmptyTranscript {
         turn: TurnId,
     },
-}
     /// The caller's turn ended after this much silence (whatever decided it).
     EndOfTurn {
         silence: Duration,
@@ -377,6 +376,7 @@ pub enum Event {
         verdict: TurnVerdict,
         probability: Option<f32>,
     },
+}
 
 // ---- internal state --------------------------------------------------------------------
 
@@ -471,7 +471,6 @@ struct Early {
     result: Option<Result<Transcript, StageError>>,
 }
 
-/// A caller turn being transcribed.
 /// The end-of-turn model's verdict on the current utterance, asked for or received.
 #[derive(Debug)]
 struct TurnCheck {
@@ -484,6 +483,7 @@ struct TurnCheck {
     verdict: Option<TurnVerdict>,
 }
 
+/// A caller turn being transcribed.
 #[derive(Debug)]
 struct Pending {
     turn: TurnId,
@@ -506,9 +506,9 @@ pub struct Conversation {
     carry: Option<(Vec<f32>, usize)>,
     pending: Option<Pending>,
     early: Option<Early>,
-    reply: Option<Reply>,
     turn_check: Option<TurnCheck>,
     next_turn_check: u64,
+    reply: Option<Reply>,
     next_turn: u64,
     next_utterance: u64,
     next_clip: u64,
@@ -571,6 +571,8 @@ impl Conversation {
             carry: None,
             pending: None,
             early: None,
+            turn_check: None,
+            next_turn_check: 0,
             reply: None,
             next_turn: 0,
             next_utterance: 0,
@@ -589,8 +591,6 @@ impl Conversation {
         // The greeting is made from memory; storing it would feed memory its own words.
         reply.remember_played = false;
         if greeting == Prompt::Greeting.text() {
-            turn_check: None,
-            next_turn_check: 0,
             c.push_prompt_clip(&mut reply, Prompt::Greeting);
         } else {
             reply.tts_fallback = Prompt::Greeting;
@@ -730,6 +730,10 @@ impl Conversation {
             }
             return;
         }
+        if let EndOfTurn::Model(model) = self.cfg.end_of_turn {
+            self.model_end_of_turn(now, model, voiced, silence, len);
+            return;
+        }
         if let Some(early) = self.cfg.early_stt_silence {
             let due = silence >= samples(early)
                 && silence < samples(self.cfg.end_of_turn_silence)
@@ -748,29 +752,7 @@ impl Conversation {
             self.end_of_turn(now);
         }
     }
-        if let EndOfTurn::Model(model) = self.cfg.end_of_turn {
-            self.model_end_of_turn(now, model, voiced, silence, len);
-            return;
-        }
 
-    fn drop_utterance(&mut self) {
-        if let Some(u) = self.utterance.take() {
-            // Its tail is the most recent audio: it is the pre-roll of whatever comes next.
-            let keep = samples(self.cfg.pre_roll).min(u.audio.len());
-            self.pre_roll = u.audio[u.audio.len() - keep..].iter().copied().collect();
-        }
-    }
-
-    /// Caller speech passed the guard while the agent was thinking or speaking.
-    fn barge_in(&mut self, now: Instant) {
-        if self.reply.as_ref().is_some_and(|r| !r.interruptible) {
-            // Closing words are not interruptible; what the caller says now is dropped.
-            self.utterance = None;
-            return;
-        }
-        self.last_activity = now;
-        if let Some(pending) = self.pending.take() {
-            // Still transcribing: the caller is continuing; transcribe it all together.
     /// The end-of-turn rules of [`EndOfTurn::Model`], after a frame of the current
     /// utterance while the agent is listening.
     fn model_end_of_turn(
@@ -896,6 +878,24 @@ impl Conversation {
         }
     }
 
+    fn drop_utterance(&mut self) {
+        if let Some(u) = self.utterance.take() {
+            // Its tail is the most recent audio: it is the pre-roll of whatever comes next.
+            let keep = samples(self.cfg.pre_roll).min(u.audio.len());
+            self.pre_roll = u.audio[u.audio.len() - keep..].iter().copied().collect();
+        }
+    }
+
+    /// Caller speech passed the guard while the agent was thinking or speaking.
+    fn barge_in(&mut self, now: Instant) {
+        if self.reply.as_ref().is_some_and(|r| !r.interruptible) {
+            // Closing words are not interruptible; what the caller says now is dropped.
+            self.utterance = None;
+            return;
+        }
+        self.last_activity = now;
+        if let Some(pending) = self.pending.take() {
+            // Still transcribing: the caller is continuing; transcribe it all together.
             self.push_action(Action::Cancel { turn: pending.turn });
             self.carry = Some((pending.audio, pending.voiced_samples));
         }
@@ -988,6 +988,9 @@ impl Conversation {
             .utterance
             .take()
             .expect("end_of_turn is called with an utterance");
+        self.events.push_back(Event::EndOfTurn {
+            silence: duration_of(u.silence_samples),
+        });
         let mut audio = self.utterance_audio(&u);
         let early = self.early.take();
         if let Some(e) = early {
@@ -1009,9 +1012,6 @@ impl Conversation {
                     self.handle_transcript(now, e.turn, result);
                 }
                 return;
-        self.events.push_back(Event::EndOfTurn {
-            silence: duration_of(u.silence_samples),
-        });
             }
             self.push_action(Action::Cancel { turn: e.turn });
         }
@@ -1544,7 +1544,7 @@ impl Conversation {
         Reply {
             turn,
             llm: LlmPhase::Idle,
-            splitter: SentenceSplitter::new(),
+            splitter: SentenceSplitter::with_first_clause(),
             text_done: false,
             clips: Vec::new(),
             hang_up: None,
