@@ -115,6 +115,10 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            if let Err(e) = crate::cpu::check_from_env() {
+                eprintln!("sofia-phone: {e:#}");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
             match crate::serve::run(profile, log_format) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
