@@ -316,7 +316,7 @@ impl Bridge {
                 "call to {}: REFER from {by:?}: {transferee:?} to {target}",
                 self.extension
             );
-            let held = if transferee == leg {
+            let mut held = if transferee == leg {
                 Leg {
                     call: leg,
                     session: &mut b,
@@ -349,7 +349,7 @@ impl Bridge {
                     from_user: &from_user,
                     authenticated: self.authenticated,
                 },
-                held,
+                &mut held,
                 events,
                 &target,
             )
@@ -367,31 +367,14 @@ impl Bridge {
                 }
                 PutThroughResult::Over => {
                     self.endpoint.command(by, CallCommand::NotifyRefer(487));
-                    self.hang_up(by);
+                    self.endpoint.command(by, CallCommand::Hangup);
                     return;
                 }
             };
             self.metrics.transfer("connected");
             self.endpoint.command(by, CallCommand::NotifyRefer(200));
             // The transferor is done (phones hang up after the final NOTIFY anyway).
-            self.hang_up(by);
-            let held = if transferee == leg {
-                Leg {
-                    call: leg,
-                    session: &mut b,
-                    ports: &self.ports_b,
-                    sdp: &mut *sdp_b,
-                    srtp: &mut srtp_b,
-                }
-            } else {
-                Leg {
-                    call: self.call,
-                    session: &mut a,
-                    ports: &self.ports_a,
-                    sdp: &mut self.sdp_a,
-                    srtp: &mut srtp_a,
-                }
-            };
+            self.endpoint.command(by, CallCommand::Hangup);
             let ended = relay(
                 ends(false),
                 held,
@@ -823,16 +806,17 @@ pub(crate) enum PutThroughResult {
 /// answered; returns the first phone to answer, with its media session started.
 pub(crate) async fn put_through(
     t: PutThrough<'_>,
-    held: Leg<'_>,
+    held: &mut Leg<'_>,
     events: &mut CallEvents,
     target: &str,
 ) -> PutThroughResult {
+    let held_call = held.call;
     let Leg {
-        call: held_call,
         session,
         ports,
         sdp,
         srtp,
+        ..
     } = held;
     let extension = t.extension;
     let Some(ports_t) = t.pool.bind().await else {

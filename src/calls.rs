@@ -898,7 +898,7 @@ impl CallTask {
                 from_user: &self.caller,
                 authenticated: self.authenticated,
             },
-            crate::bridge::Leg {
+            &mut crate::bridge::Leg {
                 call: self.call,
                 session: &mut *session,
                 ports: &self.ports,

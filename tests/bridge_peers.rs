@@ -593,20 +593,8 @@ fn a_refer_connects_the_called_phone_to_the_transfer_target() {
     let caller = sipp(
         "refer_bridge.xml",
         sip_port,
-        &[
-            "-s",
-            "1001",
-            "-au",
-            "1000",
-            "-ap",
-            "secret-1000",
-            "-key",
-            "caller",
-            "1000",
-            "-key",
-            "target",
-            "1002",
-        ],
+        // (The scenario offers SIPp's own media port, not rtp_port.)
+        &call_args("1001", "0", &["-key", "target", "1002"]),
     );
     assert_sipp_ok(&caller, "1000's REFER of 1001 to 1002");
     // Over when 1001, put through to 1002, hangs up.
@@ -659,20 +647,7 @@ fn a_refer_the_switch_cannot_carry_out_gets_notify_403_and_the_call_goes_on() {
         sipp(
             "refer_refused.xml",
             sip_port,
-            &[
-                "-s",
-                extension,
-                "-au",
-                "1000",
-                "-ap",
-                "secret-1000",
-                "-key",
-                "caller",
-                "1000",
-                "-key",
-                "target",
-                target,
-            ],
+            &call_args(extension, "0", &["-key", "target", target]),
         )
     };
     assert_sipp_ok(&refer("1001", "9999"), "a REFER of 1001 to 9999 (no user)");
