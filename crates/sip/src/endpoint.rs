@@ -282,6 +282,8 @@ enum TimerTarget {
     ReInvite(String),
     /// The end of the wait after a 491 to our re-INVITE of this call (RFC 3261 14.1).
     ReInviteRetry(CallHandle),
+    /// The longest our re-INVITE (by branch) may go without a final response.
+    ReInviteExpiry(String),
     /// The longest an INVITE (this server transaction of this call) may wait for the
     /// application's answer.
     Answer(CallHandle, String),
@@ -545,6 +547,7 @@ impl Endpoint {
                 TimerTarget::Invite(branch) => self.fire_invite_timer(now, &branch),
                 TimerTarget::ReInvite(branch) => self.fire_reinvite_timer(now, &branch),
                 TimerTarget::ReInviteRetry(call) => self.send_reinvite(now, call),
+                TimerTarget::ReInviteExpiry(branch) => self.expire_reinvite(now, &branch),
             }
         }
         if now >= self.housekeeping_at {

@@ -506,3 +506,26 @@ fn a_refer_before_the_call_is_answered_gets_403() {
     assert_eq!(statuses(&drain(&mut ep)), vec![403]);
     assert!(events(&mut ep).is_empty());
 }
+
+#[test]
+fn a_reinvite_answered_only_with_100_is_given_up_at_max_ringing() {
+    let mut now = t0();
+    let mut ep = Endpoint::new(config(), now);
+    let (call, _) = placed_call(&mut ep, now);
+    ep.reinvite(now, call, sdp(HOLD)).unwrap();
+    let (sent, _) = split(drain(&mut ep));
+    from_phone(&mut ep, now, &reply(&sent[0], 100, None, &[], b""));
+    let until = now + Duration::from_secs(179);
+    run_until(&mut ep, &mut now, until);
+    assert!(events(&mut ep).is_empty(), "still waiting at 179 s");
+    let until = now + Duration::from_secs(2);
+    run_until(&mut ep, &mut now, until);
+    assert_eq!(
+        events(&mut ep),
+        vec![Event::ReInviteFailed { call, status: 408 }]
+    );
+    assert_eq!(ep.reinvite_count(), 0, "nothing left behind");
+    // The call may re-INVITE again.
+    ep.reinvite(now, call, sdp(HOLD)).unwrap();
+    assert_eq!(split(drain(&mut ep)).0.len(), 1);
+}

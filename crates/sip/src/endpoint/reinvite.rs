@@ -142,6 +142,32 @@ impl Endpoint {
             ours.retry_at = None;
         }
         self.schedule_reinvite(&branch);
+        // A provisional stops Timer B, and nothing would end a re-INVITE the peer never
+        // answers: give it as long as an unanswered INVITE gets.
+        self.push_timer(
+            now + self.config.max_ringing,
+            TimerTarget::ReInviteExpiry(branch),
+        );
+    }
+
+    /// Our re-INVITE `branch` has had no final response for `max_ringing`: it is
+    /// dropped and reported 408, so the call can re-INVITE again (a 2xx arriving after
+    /// this finds no transaction and goes unanswered; the peer then ends the call).
+    pub(super) fn expire_reinvite(&mut self, now: Instant, branch: &str) {
+        let Some(rt) = self.reinvite_txs.get(branch) else {
+            return;
+        };
+        let pending = matches!(
+            rt.tx.state,
+            crate::transaction::InviteClientState::Calling
+                | crate::transaction::InviteClientState::Proceeding
+        );
+        if !pending {
+            return;
+        }
+        let call = rt.call;
+        self.reinvite_txs.remove(branch);
+        self.on_reinvite_failure(now, call, 408);
     }
 
     /// Whether our re-INVITE of `call` is in flight (a re-INVITE from the peer then
