@@ -928,6 +928,12 @@ pub(crate) async fn put_through(
                 Some(Event::ReInvite { call, body }) if call == held_call => {
                     answer_reinvite(t.endpoint, call, extension, sdp, session, srtp, body);
                 }
+                // One transfer at a time: another one asked for while this rings is
+                // refused over its own subscription.
+                Some(Event::Refer { call, .. }) => {
+                    t.metrics.transfer("refused");
+                    t.endpoint.command(call, CallCommand::NotifyRefer(491));
+                }
                 Some(_) => {}
             },
         }
