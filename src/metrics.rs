@@ -460,6 +460,7 @@ impl Metrics {
             TurnVerdict::Incomplete => "incomplete",
             TurnVerdict::Fallback => "fallback",
             TurnVerdict::Failed => "failed",
+            TurnVerdict::Unsure => "unsure",
         };
         self.agent_turn_verdicts
             .get_or_create(&OutcomeLabel {

@@ -18,6 +18,7 @@ use crate::stage::{
     TurnRecord,
 };
 use crate::text;
+use crate::turn_words::{self, Words};
 
 /// The controller's audio rate: what Whisper and the voice activity detector take.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -95,6 +96,11 @@ pub struct ModelTurn {
     pub fallback_silence: Duration,
     /// Probabilities above this are "complete".
     pub threshold: f32,
+    /// When the model says "incomplete" but the caller's words read as a finished
+    /// sentence ([`turn_words`](crate::turn_words)), the turn ends after this much
+    /// silence: the two disagree, so neither the quick answer nor the long wait. Longer
+    /// than a typical mid-sentence pause (0.7 s in the bench), shorter than the fallback.
+    pub unsure_silence: Duration,
 }
 
 impl Default for ModelTurn {
@@ -103,6 +109,7 @@ impl Default for ModelTurn {
             check_silence: Duration::from_millis(200),
             fallback_silence: Duration::from_millis(1600),
             threshold: 0.5,
+            unsure_silence: Duration::from_millis(800),
         }
     }
 }
@@ -114,10 +121,15 @@ pub struct TurnCheckId(pub u64);
 /// What decided (or did not decide) the end of a turn in [`EndOfTurn::Model`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TurnVerdict {
-    /// The model said the turn is complete; it ended at once.
+    /// The model said the turn is complete (and the words did not say otherwise); it
+    /// ended at once.
     Complete,
-    /// The model said the caller is not done; the agent keeps listening.
+    /// The model said the caller is not done, or their words end in the middle of a
+    /// sentence ("I would like to"); the agent keeps listening.
     Incomplete,
+    /// The model said "not done" but the words read as a finished sentence: the turn
+    /// ends after [`ModelTurn::unsure_silence`].
+    Unsure,
     /// The silence fallback ended the turn (the model said incomplete or had not
     /// answered).
     Fallback,
@@ -479,7 +491,10 @@ struct TurnCheck {
     /// only counts while the caller has not spoken since.
     utterance: u64,
     speech_end: usize,
-    /// `None` while the model is working.
+    /// The model's answer (a probability, or `Err` when it failed); `None` while it
+    /// is working.
+    model: Option<Result<f32, ()>>,
+    /// Decided from the model's answer and the early transcript's words.
     verdict: Option<TurnVerdict>,
 }
 
@@ -782,8 +797,7 @@ impl Conversation {
             return;
         }
         let verdict = self.turn_check.as_ref().and_then(|c| c.verdict);
-        let silence_rule = verdict == Some(TurnVerdict::Failed)
-            && silence >= samples(self.cfg.end_of_turn_silence);
+        let silence_rule = self.verdict_silence_reached(model, verdict, silence);
         if silence >= samples(model.fallback_silence) {
             if verdict != Some(TurnVerdict::Failed) {
                 self.events.push_back(Event::TurnVerdict {
@@ -821,6 +835,7 @@ impl Conversation {
             id,
             utterance: u.serial,
             speech_end: u.speech_end,
+            model: None,
             verdict: None,
         });
         self.push_action(Action::PredictTurnEnd { check: id, audio });
@@ -851,30 +866,79 @@ impl Conversation {
         else {
             return; // stale or answered
         };
-        let Some(u) = self
+        let current = self
             .utterance
             .as_ref()
-            .filter(|u| u.serial == c.utterance && u.speech_end == c.speech_end)
-        else {
+            .is_some_and(|u| u.serial == c.utterance && u.speech_end == c.speech_end);
+        if !current {
             self.turn_check = None; // the caller spoke again
             return;
+        }
+        c.model = Some(result.map_err(|_| ()));
+        self.decide_turn(now, model);
+    }
+
+    /// Decides the end of the turn once the model has answered and, when an early
+    /// transcription of the same audio is under way, once its words are in too (the
+    /// reply needs them anyway, so waiting for them costs nothing). The words can
+    /// overrule the model both ways: a sentence that ends mid-phrase keeps the agent
+    /// listening whatever the model heard, and a finished sentence the model doubts
+    /// ends after [`ModelTurn::unsure_silence`] instead of the full fallback.
+    fn decide_turn(&mut self, now: Instant, model: ModelTurn) {
+        let Some(c) = self.turn_check.as_ref().filter(|c| c.verdict.is_none()) else {
+            return;
         };
-        let silence = u.silence_samples;
-        let (verdict, probability) = match result {
-            Ok(p) if p > model.threshold => (TurnVerdict::Complete, Some(p)),
-            Ok(p) => (TurnVerdict::Incomplete, Some(p)),
-            Err(_) => (TurnVerdict::Failed, None),
+        let Some(answer) = c.model else {
+            return; // the model is still working
         };
-        c.verdict = Some(verdict);
+        let words = match self
+            .early
+            .as_ref()
+            .filter(|e| e.utterance == c.utterance && e.speech_end == c.speech_end)
+        {
+            Some(e) => match &e.result {
+                None => return, // the transcript is on its way
+                Some(Ok(t)) => turn_words::judge(&t.text),
+                Some(Err(_)) => Words::Unknown,
+            },
+            None => Words::Unknown,
+        };
+        let verdict = match (answer, words) {
+            (Err(()), _) => TurnVerdict::Failed,
+            (Ok(_), Words::Unfinished) => TurnVerdict::Incomplete,
+            (Ok(p), _) if p > model.threshold => TurnVerdict::Complete,
+            (Ok(_), Words::Finished) => TurnVerdict::Unsure,
+            (Ok(_), Words::Unknown) => TurnVerdict::Incomplete,
+        };
+        let silence = self.utterance.as_ref().map_or(0, |u| u.silence_samples);
+        if let Some(c) = self.turn_check.as_mut() {
+            c.verdict = Some(verdict);
+        }
         self.events.push_back(Event::TurnVerdict {
             verdict,
-            probability,
+            probability: answer.ok(),
         });
-        let silence_rule =
-            verdict == TurnVerdict::Failed && silence >= samples(self.cfg.end_of_turn_silence);
-        if verdict == TurnVerdict::Complete || silence_rule {
+        if verdict == TurnVerdict::Complete
+            || self.verdict_silence_reached(model, Some(verdict), silence)
+        {
             self.turn_check = None;
             self.end_of_turn(now);
+        }
+    }
+
+    /// Whether `silence` is long enough to end the turn under a verdict that leaves it
+    /// to a silence rule: the plain rule when the model failed, the shorter wait when
+    /// the model and the words disagree.
+    fn verdict_silence_reached(
+        &self,
+        model: ModelTurn,
+        verdict: Option<TurnVerdict>,
+        silence: usize,
+    ) -> bool {
+        match verdict {
+            Some(TurnVerdict::Failed) => silence >= samples(self.cfg.end_of_turn_silence),
+            Some(TurnVerdict::Unsure) => silence >= samples(model.unsure_silence),
+            _ => false,
         }
     }
 
@@ -1063,6 +1127,11 @@ impl Conversation {
         }
         if let Some(early) = self.early.as_mut().filter(|e| e.turn == turn) {
             early.result = Some(result); // kept for the end of the turn
+            if let EndOfTurn::Model(model) = self.cfg.end_of_turn {
+                if self.state == State::Listening {
+                    self.decide_turn(now, model); // the words were what it waited for
+                }
+            }
             return;
         }
         let Some(pending) = self.pending.take_if(|p| p.turn == turn) else {

@@ -18,6 +18,7 @@ pub mod responder;
 pub mod splitter;
 pub mod stage;
 pub mod text;
+pub mod turn_words;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker, StageHealth};
 pub use conversation::{

@@ -215,11 +215,55 @@ fn a_complete_verdict_before_the_transcript_answers_when_the_transcript_arrives(
     let mut c = Call::new(model_config());
     let (_, check, turn) = c.speak_until_asked(ms(800));
     c.verdict(check, Ok(0.8));
-    assert_eq!(c.conv.state(), State::Thinking, "the turn ended");
+    assert_eq!(
+        c.conv.state(),
+        State::Listening,
+        "the words are awaited before deciding"
+    );
     c.frames(ms(300), false);
     c.transcript(turn, "What time do you open?");
+    assert_eq!(c.verdicts(), vec![TurnVerdict::Complete]);
     assert_eq!(c.answered_at(), Some(c.elapsed()));
     assert_eq!(c.transcribes().len(), 1);
+}
+
+#[test]
+fn words_that_stop_mid_phrase_keep_listening_though_the_model_says_complete() {
+    let mut c = Call::new(model_config());
+    let (spoke, check, turn) = c.speak_until_asked(ms(1200));
+    c.verdict(check, Ok(0.95));
+    c.transcript(turn, "My account number is.");
+    assert_eq!(c.verdicts(), vec![TurnVerdict::Incomplete]);
+    c.frames(ms(1300), false); // 1.5 s of silence in all
+    assert_eq!(c.conv.state(), State::Listening, "not cut after \"is\"");
+    c.frames(ms(100), false);
+    assert_eq!(
+        c.verdicts(),
+        vec![TurnVerdict::Incomplete, TurnVerdict::Fallback]
+    );
+    assert_eq!(c.conv.state(), State::Thinking);
+    assert_eq!(c.elapsed(), spoke + ms(1600), "ended by the fallback");
+}
+
+#[test]
+fn a_finished_sentence_the_model_doubts_ends_after_the_unsure_silence() {
+    let mut c = Call::new(model_config());
+    let (spoke, check, turn) = c.speak_until_asked(ms(1200));
+    c.frames(ms(40), false);
+    c.transcript(turn, "My favourite colour is blue.");
+    assert!(c.verdicts().is_empty(), "the model is awaited");
+    c.verdict(check, Ok(0.02));
+    assert_eq!(c.verdicts(), vec![TurnVerdict::Unsure]);
+    c.frames(ms(540), false); // 780 ms of silence
+    assert_eq!(c.conv.state(), State::Listening);
+    c.frames(ms(20), false);
+    assert_eq!(c.conv.state(), State::Thinking, "ended at 800 ms");
+    assert_eq!(c.elapsed(), spoke + ms(800));
+    assert_eq!(
+        c.answered_at(),
+        Some(spoke + ms(800)),
+        "with the early words"
+    );
 }
 
 #[test]
@@ -228,7 +272,10 @@ fn an_incomplete_verdict_keeps_listening_and_the_rest_of_the_sentence_is_one_tur
     c.frames(ms(900), true); // "I would like to"
     c.frames(ms(200), false);
     let (_, first, _) = c.checks()[0];
+    let (_, early) = c.transcribes()[0];
     c.verdict(first, Ok(0.1));
+    assert!(c.verdicts().is_empty(), "the words are awaited");
+    c.transcript(early, "I would like to.");
     assert_eq!(c.verdicts(), vec![TurnVerdict::Incomplete]);
     c.frames(ms(500), false); // a 700 ms pause in all
     assert_eq!(c.conv.state(), State::Listening, "not cut at the pause");
