@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,10 @@ pub struct Stages {
 #[derive(Default)]
 pub struct InFlight {
     generations: HashMap<TurnId, AbortHandle>,
+    /// Transcriptions not yet finished, by turn: set to drop one. In model mode every
+    /// short pause starts an early transcription, so stale ones must not hold the STT
+    /// workers (they used to run to completion, queued behind each other).
+    transcriptions: HashMap<TurnId, Arc<AtomicBool>>,
 }
 
 impl Stages {
@@ -129,9 +134,17 @@ impl Stages {
                 speech,
             } => {
                 let stt = Arc::clone(&self.stt);
+                // Forget the flags of finished jobs (a job holds its clone until done).
+                in_flight
+                    .transcriptions
+                    .retain(|_, flag| Arc::strong_count(flag) > 1);
+                let cancelled = Arc::new(AtomicBool::new(false));
+                in_flight
+                    .transcriptions
+                    .insert(turn, Arc::clone(&cancelled));
                 let job = self
                     .stt_pool
-                    .try_run(move || stt.transcribe(&audio, speech));
+                    .try_run(move || stt.transcribe_cancellable(&audio, speech, &cancelled));
                 let tx = results.clone();
                 match job {
                     Ok(rx) => {
@@ -191,7 +204,12 @@ impl Stages {
                 if let Some(task) = in_flight.generations.remove(&turn) {
                     task.abort();
                 }
-                // Pool jobs run to completion; their results are ignored by the controller.
+                // A transcription still queued is skipped, one running stops early (where
+                // the stage can); the controller ignores what comes back either way.
+                // Synthesis jobs run to completion: they are short, one sentence each.
+                if let Some(flag) = in_flight.transcriptions.remove(&turn) {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 None
             }
             Action::Synthesize { clip, text } => {
@@ -284,5 +302,108 @@ impl Stages {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The cancellation bookkeeping, with stand-in stages (the real Whisper is tested
+    //! through calls; what is checked here is which jobs reach the stage at all).
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use sofia_voice::{Recollection, SpeechStats, TurnRecord};
+
+    /// Takes 300 ms per transcription and counts the ones it was asked to do.
+    struct SlowStt(AtomicUsize);
+    impl Stt for SlowStt {
+        fn transcribe(&self, _: &[f32], _: SpeechStats) -> Result<Transcript, StageError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(Transcript::heard("words"))
+        }
+    }
+    struct Silent;
+    impl Tts for Silent {
+        fn synthesize(&self, _: &str) -> Result<Audio, StageError> {
+            Ok(Audio {
+                samples: Vec::new(),
+                sample_rate: 16_000,
+            })
+        }
+    }
+    struct Forgetful;
+    impl Memory for Forgetful {
+        fn open_call(&self, _: &str, _: &str, _: i64) -> Result<Recollection, StageError> {
+            Ok(Recollection::default())
+        }
+        fn recall(&self, _: &str, _: &str, _: i64) -> Result<Recollection, StageError> {
+            Ok(Recollection::default())
+        }
+        fn remember(&self, _: &TurnRecord) -> Result<(), StageError> {
+            Ok(())
+        }
+        fn close_call(&self, _: &str, _: &str) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    fn transcribe(turn: u64) -> Action {
+        Action::Transcribe {
+            turn: TurnId(turn),
+            audio: vec![0.0; 16_000],
+            speech: SpeechStats {
+                voiced: Duration::from_secs(1),
+                total: Duration::from_secs(1),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_transcription_waiting_in_the_queue_never_reaches_the_stage() {
+        let stt = Arc::new(SlowStt(AtomicUsize::new(0)));
+        let stages = Stages {
+            stt: Arc::clone(&stt) as Arc<dyn Stt>,
+            tts: Arc::new(Silent),
+            llm: None,
+            memory: Arc::new(Forgetful),
+            prompts: Arc::new(PromptCache::synthesize(&Silent).expect("prompts")),
+            stt_pool: Arc::new(WorkerPool::new("stt", 1, 8).expect("pool")),
+            tts_pool: Arc::new(WorkerPool::new("tts", 1, 8).expect("pool")),
+            turn_model: None,
+            turn_pool: Arc::new(WorkerPool::new("turn", 1, 8).expect("pool")),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut in_flight = InFlight::default();
+        // Three early transcriptions on one worker; the caller talks over the last two.
+        for turn in 1..=3 {
+            stages.dispatch(transcribe(turn), &tx, &mut in_flight);
+        }
+        for turn in 2..=3 {
+            stages.dispatch(Action::Cancel { turn: TurnId(turn) }, &tx, &mut in_flight);
+        }
+        let mut results = HashMap::new();
+        for _ in 0..3 {
+            match rx.recv().await.expect("a result per transcription") {
+                StageResult::Transcript { turn, result } => {
+                    results.insert(turn.0, result);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(results[&1].is_ok(), "{:?}", results[&1]);
+        assert_eq!(results[&2], Err(StageError::Cancelled));
+        assert_eq!(results[&3], Err(StageError::Cancelled));
+        assert_eq!(
+            stt.0.load(Ordering::SeqCst),
+            1,
+            "the stage ran only the transcription still wanted"
+        );
+        assert!(
+            !in_flight.transcriptions.contains_key(&TurnId(2))
+                && !in_flight.transcriptions.contains_key(&TurnId(3)),
+            "a cancelled turn's flag is not kept"
+        );
     }
 }

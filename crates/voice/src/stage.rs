@@ -9,6 +9,8 @@
 //! Implementations must be `Send + Sync` so one loaded model serves every call.
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a stage gave no result. The controller only needs to know that it failed (for the
@@ -192,6 +194,24 @@ impl GenerateRequest {
 /// Speech to text: 16 kHz mono samples in, text out.
 pub trait Stt: Send + Sync {
     fn transcribe(&self, audio_16k: &[f32], speech: SpeechStats) -> Result<Transcript, StageError>;
+
+    /// [`transcribe`](Self::transcribe) for work the controller may drop before it is
+    /// done (an early transcription the caller talked over, a turn abandoned by
+    /// barge-in): once `cancelled` is set the answer is [`StageError::Cancelled`] and
+    /// the CPU goes to the next job. This default only checks before it starts, which
+    /// already skips work that waited in a queue; an implementation that can stop
+    /// mid-way (whisper.cpp's abort callback) overrides it.
+    fn transcribe_cancellable(
+        &self,
+        audio_16k: &[f32],
+        speech: SpeechStats,
+        cancelled: &Arc<AtomicBool>,
+    ) -> Result<Transcript, StageError> {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(StageError::Cancelled);
+        }
+        self.transcribe(audio_16k, speech)
+    }
 }
 
 /// The reply step. Text is streamed into `on_text` as it is produced; `on_text`
