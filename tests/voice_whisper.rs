@@ -214,3 +214,36 @@ fn the_guard_weighs_evidence_not_words() {
     let looped = "Goodbye ".repeat(16);
     assert_eq!(stt.judge(looped, 0.2, heard(600)).text, "Goodbye");
 }
+
+/// An early transcription the caller talks over is cancelled; whisper.cpp's abort
+/// callback must stop it mid-way rather than let it hold a worker to the end. The
+/// flag is set a tenth of the way into a transcription that is timed uncancelled
+/// first, so a stage that ignored it would take the whole time again.
+#[test]
+fn a_cancelled_transcription_stops_mid_way() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let text = "I would like to book a table for four people on Friday evening at half \
+        past seven, and one of us is vegetarian, so please tell the kitchen.";
+    let audio = spoken(text);
+    let started = Instant::now();
+    stt().transcribe(&audio, stats(&audio)).expect("transcribe");
+    let whole = started.elapsed();
+
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancelled);
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(whole / 10);
+        flag.store(true, Ordering::Relaxed);
+    });
+    let started = Instant::now();
+    let result = stt().transcribe_cancellable(&audio, stats(&audio), &cancelled);
+    let took = started.elapsed();
+    setter.join().expect("setter");
+    eprintln!("uncancelled {whole:.2?}; cancelled at a tenth: returned after {took:.2?}");
+    assert_eq!(result, Err(sofia_voice::StageError::Cancelled));
+    assert!(
+        took < whole / 2,
+        "the cancelled transcription ran {took:?} of {whole:?}"
+    );
+}

@@ -8,8 +8,10 @@
 //! the model itself says there was probably no speech, or when the voice activity
 //! detector heard too little speech for that many words.
 
+use std::cell::RefCell;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use sofia_voice::{text, SpeechStats, StageError, Stt, Transcript};
 use whisper_rs::{
@@ -116,6 +118,15 @@ impl WhisperStt {
         audio: &[f32],
         audio_ctx: Option<i32>,
     ) -> Result<(String, f32), StageError> {
+        self.transcribe_raw(audio, audio_ctx, None)
+    }
+
+    fn transcribe_raw(
+        &self,
+        audio: &[f32],
+        audio_ctx: Option<i32>,
+        cancelled: Option<&Arc<AtomicBool>>,
+    ) -> Result<(String, f32), StageError> {
         let mut state = match self.states.lock().ok().and_then(|mut s| s.pop()) {
             Some(state) => state,
             None => self
@@ -123,9 +134,16 @@ impl WhisperStt {
                 .create_state()
                 .map_err(|e| StageError::Inference(format!("whisper state: {e}")))?,
         };
+        CANCELLED.with(|c| *c.borrow_mut() = cancelled.cloned());
         let result = self.run(&mut state, audio, audio_ctx);
+        let was_cancelled = CANCELLED
+            .with(|c| c.borrow_mut().take())
+            .is_some_and(|f| f.load(Ordering::Relaxed));
         if let Ok(mut states) = self.states.lock() {
             states.push(state);
+        }
+        if was_cancelled {
+            return Err(StageError::Cancelled);
         }
         result
     }
@@ -173,6 +191,7 @@ impl WhisperStt {
         if let Some(ctx) = audio_ctx {
             params.set_audio_ctx(ctx);
         }
+        set_abort_callback(&mut params, abort_requested);
         state
             .full(params, audio)
             .map_err(|e| StageError::Inference(format!("whisper: {e}")))?;
@@ -231,13 +250,65 @@ impl WhisperStt {
 
 impl Stt for WhisperStt {
     fn transcribe(&self, audio: &[f32], speech: SpeechStats) -> Result<Transcript, StageError> {
+        self.transcribe_until(audio, speech, None)
+    }
+
+    /// Stops whisper.cpp mid-way (its abort callback) once `cancelled` is set.
+    fn transcribe_cancellable(
+        &self,
+        audio: &[f32],
+        speech: SpeechStats,
+        cancelled: &Arc<AtomicBool>,
+    ) -> Result<Transcript, StageError> {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(StageError::Cancelled);
+        }
+        self.transcribe_until(audio, speech, Some(cancelled))
+    }
+}
+
+impl WhisperStt {
+    fn transcribe_until(
+        &self,
+        audio: &[f32],
+        speech: SpeechStats,
+        cancelled: Option<&Arc<AtomicBool>>,
+    ) -> Result<Transcript, StageError> {
         let ctx = self
             .config
             .fit_audio_ctx
             .then(|| fitted_audio_ctx(audio.len().max(WHISPER_RATE), self.config.audio_ctx_margin));
-        let (raw, no_speech) = self.transcribe_with_ctx(audio, ctx)?;
+        let (raw, no_speech) = self.transcribe_raw(audio, ctx, cancelled)?;
         Ok(self.judge(raw, no_speech, speech))
     }
+}
+
+thread_local! {
+    /// The cancel flag of the transcription running on this thread. whisper.cpp polls
+    /// its abort callback from the thread that called `whisper_full` (ggml's compute
+    /// thread 0 is the caller), so the callback finds the flag here.
+    static CANCELLED: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// whisper.cpp's abort callback. It is a plain function on purpose: whisper-rs 0.16's
+/// `set_abort_callback_safe` hands the C side a pointer to a boxed `dyn FnMut` but calls
+/// it back as the closure type itself, which is only sound for a closure without
+/// captures (zero-sized). So the flag comes from a thread-local, not a capture.
+fn set_abort_callback<F: FnMut() -> bool + 'static>(params: &mut FullParams, callback: F) {
+    assert_eq!(
+        std::mem::size_of::<F>(),
+        0,
+        "only a callback without captures is sound with whisper-rs 0.16"
+    );
+    params.set_abort_callback_safe::<Option<F>, F>(Some(callback));
+}
+
+fn abort_requested() -> bool {
+    CANCELLED.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    })
 }
 
 /// Removes bracketed annotations Whisper emits instead of words ("[BLANK_AUDIO]",
