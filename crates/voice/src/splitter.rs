@@ -78,7 +78,17 @@ impl SentenceSplitter {
                 // "1,000" is not a clause: the mark must be followed by a space.
                 let next = chars.get(i + 1).map(|&(_, n)| n);
                 let words = text[..pos].split_whitespace().count();
-                if next.is_some_and(char::is_whitespace) && words >= MIN_FIRST_CLAUSE_WORDS {
+                // Nor is a sentence's short tail worth a clip of its own ("Nice to meet
+                // you, | Ada!"): when the rest of the sentence is already here and short,
+                // the sentence goes whole.
+                let rest = &text[pos + c.len_utf8()..];
+                let short_tail = rest.find(['.', '!', '?', '…']).is_some_and(|end| {
+                    rest[..end].split_whitespace().count() < MIN_FIRST_CLAUSE_WORDS
+                });
+                if next.is_some_and(char::is_whitespace)
+                    && words >= MIN_FIRST_CLAUSE_WORDS
+                    && !short_tail
+                {
                     return Some(pos + c.len_utf8());
                 }
                 continue;
@@ -198,6 +208,15 @@ mod tests {
                 "see you on Friday, bye.",
                 "Later, then."
             ]
+        );
+    }
+
+    #[test]
+    fn a_short_tail_stays_with_its_sentence() {
+        let mut s = SentenceSplitter::with_first_clause();
+        assert_eq!(
+            s.push("Nice to meet you, Ada! How can I help? "),
+            ["Nice to meet you, Ada!", "How can I help?"]
         );
     }
 
