@@ -37,22 +37,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The admin listener's address, from the log line that names it.
-fn http_addr(server: &Server) -> SocketAddr {
-    let lines = server.wait_for("health and metrics on http://");
-    lines
-        .last()
-        .and_then(|l| l.split("http://").nth(1))
-        .and_then(|l| l.split('/').next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn start(data: &Path, users: &str, profile: &str) -> (Server, SocketAddr, SocketAddr) {
     let port = free_port();
     let server = Server::start_with(data, port, Some(users), Path::new(profile), &[]);
-    let http = http_addr(&server);
+    let http = common::http_addr(&server).parse().expect("http address");
     (server, SocketAddr::from(([127, 0, 0, 1], port)), http)
 }
 

@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{free_port, Server, USERS};
+use common::{free_port, http_get, Server, USERS};
 use sofia_sip::{parse, Framing, Message, Method, Request};
 
 /// How long a message that must be answered may take (loopback: milliseconds).
@@ -802,27 +802,6 @@ fn torture_over_tcp() {
 }
 
 // ----- state ---------------------------------------------------------------------------------
-
-/// A plain HTTP/1.0 GET: (status code, body).
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("http connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("http request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("http response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// The sum of the samples of `series`: one series (`name{labels}`, or a name without
 /// labels) or, given a bare family name, all its labelled series. `None` when the text
