@@ -81,7 +81,9 @@ start_server() {
   if [[ $build == image ]]; then
     # The image's own binary, models and espeak-ng data; a fresh data dir per run.
     # (podman run passes SIGTERM on to the switch: stop_server works the same.)
-    podman run --rm --network host --tmpfs /var/lib/sofia-phone:rw,mode=1777 \
+    # (A directory of ours: the image's VOLUME is not writable for its user as a tmpfs.)
+    mkdir -p "$work/image-data-$mode" && chmod 777 "$work/image-data-$mode"
+    podman run --rm --network host -v "$work/image-data-$mode:/var/lib/sofia-phone" \
       -v "$(mode_profile "$mode"):/etc/sofia-phone/turn.toml:ro" \
       -e SOFIA_LOG=info -e SOFIA_SIP_LISTEN=127.0.0.1 -e SOFIA_SIP_PORT=$port \
       -e SOFIA_USERS=1000:bench-secret \
@@ -101,6 +103,8 @@ start_server() {
 # Waits for the server to go (it drains calls for up to calls.drain_secs, 30 s), so the
 # next one can take the port; one still there after 40 s is killed.
 stop_server() {
+  # TURN_LOGS=DIR keeps each server's log (the verdicts and transcripts per turn).
+  [[ -n ${TURN_LOGS:-} && -f $work/log ]] && mkdir -p "$TURN_LOGS" && cp "$work/log" "$TURN_LOGS/$(date +%s%N).log"
   if [[ -n $pid ]]; then
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
