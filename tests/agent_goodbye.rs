@@ -12,22 +12,13 @@ mod voice_support;
 
 use agent_support::{call_agent_for, start_server, transcribe, whisper, ONE_CALL_AT_A_TIME};
 use common::free_port;
-use voice_support::audio::{espeak, silence, RATE};
+use voice_support::audio::{espeak, silence, voiced_spans, RATE};
 
 /// When the caller speaks: after the greeting ("Hello! How can I help you today?").
 const LEAD: f32 = 3.5;
 /// Silence the phone's microphone plays after the goodbye; baresip itself hangs up only
 /// when it ends, so a call that ends sooner was hung up by the switch.
 const TAIL: f32 = 12.0;
-
-/// The end (seconds) of the last 20 ms frame of `audio` (16 kHz) louder than -40 dBFS.
-fn last_sound(audio: &[f32]) -> f32 {
-    let frame = (RATE / 50) as usize;
-    let loud = audio
-        .chunks(frame)
-        .rposition(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt() >= 0.01);
-    loud.map_or(0.0, |i| (i + 1) as f32 * 0.02)
-}
 
 #[test]
 fn a_spoken_goodbye_ends_the_call() {
@@ -45,7 +36,8 @@ fn a_spoken_goodbye_ends_the_call() {
         let heard = call_agent_for(port, &mic, (LEAD + TAIL) as u32 + 4);
         let log = server.wait_for("call to 5555 over").join("\n");
         let call_len = heard.len() as f32 / RATE as f32;
-        let goodbye_end = last_sound(&heard);
+        // The end of the last 20 ms frame louder than -40 dBFS.
+        let goodbye_end = voiced_spans(&heard, 0.0).last().map_or(0.0, |s| s.1);
         let answer = transcribe(&stt, &heard[(said_end * RATE as f32) as usize..]);
         // From the second call on the caller is known; a call that was only a goodbye
         // left nothing to bring up ("Last time you told me that bye").

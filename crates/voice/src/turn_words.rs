@@ -47,14 +47,7 @@ pub fn judge(text: &str) -> Words {
     if text.ends_with("...") || text.ends_with('…') || text.ends_with([',', '-', ':', ';']) {
         return Words::Unfinished;
     }
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words = crate::text::words(text);
     let Some(last) = words.last() else {
         return Words::Unknown;
     };
