@@ -84,8 +84,15 @@ fn third_call_recalls_a_detail_of_the_first_by_meaning_not_the_latest_call() {
         greeting.contains("welcome back"),
         "a returning caller was greeted as new: {greeting:?}"
     );
+    // Whisper tiny hears Piper's "Paris" as "pairs" on some runs; "trip" and "next
+    // month" are call 2's words too, and none of them is call 1's.
+    let names_call_2 = |text: &str| {
+        ["paris", "trip", "next month"]
+            .iter()
+            .any(|w| text.contains(w))
+    };
     assert!(
-        greeting.contains("paris"),
+        names_call_2(&greeting),
         "the greeting does not name the latest call's subject: {greeting:?}"
     );
     let reply = transcribe(&stt, &heard[((greeting_secs as u32 + 3) * RATE) as usize..]);
@@ -95,7 +102,7 @@ fn third_call_recalls_a_detail_of_the_first_by_meaning_not_the_latest_call() {
         "the answer does not recall the first call's detail: {reply:?}"
     );
     assert!(
-        !reply.contains("paris"),
+        !names_call_2(&reply),
         "the answer recalled the latest call instead of the one that matches: {reply:?}"
     );
     server.terminate();
