@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Voice agent turn latency: phones on loopback call 5555, wait for the greeting, speak
-# utterances made by espeak-ng (8 kHz, as a phone sends them) and time the answers, as the
+# utterances made by Piper or espeak-ng (8 kHz, as a phone sends them) and time the answers, as the
 # caller hears them: last voiced RTP packet sent -> first voiced RTP packet of the reply.
 # Steps the number of simultaneous calls up until p95 exceeds 2 s. Prints p50/p95 per
 # step and the switch's own per-stage breakdown (from the end of the caller's turn as
 # the agent decided it: transcript ready, first reply text, first synthesized audio,
 # first reply frame queued for sending), once per end-of-turn mode (agent.end_of_turn:
 # "silence", 600 ms; "model", Smart Turn after 200 ms). Then, per mode, the false-cut
-# rate: sentences said with a pause in the middle (espeak-ng halves joined by sox
-# silence), and how many the agent cut at the pause (target: at most 1 in 20).
+# rate: sentences said with a pause in the middle (each half said on its own, joined by
+# sox silence: the first half ends with a sentence's final fall, the hard case), and how
+# many the agent cut at the pause (target: at most 1 in 20).
 #
 # BUILDS="host image" runs each mode twice, in the same run: the host's release build,
 # and the container image (podman, --network host) that `docker run` users get, built
@@ -17,6 +18,9 @@
 #   bench/turn.sh [STEPS...]     (default: 1 2 3 4 6)
 #   MODES="model" PAUSE=0.7 bench/turn.sh 1    (defaults: MODES="silence model", 0.7 s)
 #   BUILDS="host image" bench/turn.sh 1 2      (default: BUILDS=host)
+#   CALLER=espeak bench/turn.sh 1              (the caller's voice; default: piper)
+#   PARTS=cuts bench/turn.sh                   (default: PARTS="latency cuts")
+#   SOFIA_LOG=info,sofia_phone::agent=debug TURN_LOGS=DIR bench/turn.sh   (what was said)
 #
 # Uses the release build, tiny.en, the Joe voice and the built-in responder
 # (bench/profiles/turn.toml). SOFIA_BIN=path uses an existing sofia-phone binary.
@@ -36,6 +40,7 @@ load=$CARGO_TARGET_DIR/release/examples/turn_bench
 command -v espeak-ng >/dev/null && command -v sox >/dev/null \
   || { echo "needs espeak-ng and sox: scripts/setup.sh test installs them" >&2; exit 1; }
 
+"$SOFIA_BIN" models fetch >/dev/null
 work=$(mktemp -d)
 utterances=(
   "I would like to book a table for two on Friday."
@@ -44,15 +49,36 @@ utterances=(
   "The weather here has been sunny all week."
   "Can you remind me to call my sister tomorrow?"
 )
+# The caller's voice: CALLER=piper (default; a neural voice with a person's prosody,
+# which Smart Turn was trained on) or CALLER=espeak (espeak-ng: robotic prosody, on
+# which Smart Turn calls many finished statements unfinished).
+caller=${CALLER:-piper}
+case $caller in
+  piper) cargo build --release --locked -q --example say ;;
+  espeak) ;;
+  *) echo "CALLER: piper or espeak, not $caller" >&2; exit 1 ;;
+esac
+# say OUT TEXT [OUT TEXT ...]: each text said by the caller's voice into an 8 kHz wav.
+say() {
+  if [[ $caller == piper ]]; then
+    "$CARGO_TARGET_DIR/release/examples/say" "$@"
+    return
+  fi
+  while (($#)); do
+    espeak-ng -v en-us -s 160 -w "$1-22k.wav" "$2"
+    sox -q "$1-22k.wav" -r 8000 -c 1 -b 16 "$1"
+    shift 2
+  done
+}
 wavs=()
+said=()
 for i in "${!utterances[@]}"; do
-  espeak-ng -v en-us -s 160 -w "$work/u$i-22k.wav" "${utterances[$i]}"
-  sox -q "$work/u$i-22k.wav" -r 8000 -c 1 -b 16 "$work/u$i.wav"
+  said+=("$work/u$i.wav" "${utterances[$i]}")
   wavs+=("$work/u$i.wav")
 done
+say "${said[@]}"
 
 port=27060
-"$SOFIA_BIN" models fetch >/dev/null
 modes=(${MODES:-silence model})
 builds=(${BUILDS:-host})
 image=${SOFIA_IMAGE:-localhost/sofia-phone:test}
@@ -64,6 +90,7 @@ for b in "${builds[@]}"; do
   esac
 done
 pause=${PAUSE:-0.7}
+parts=${PARTS:-latency cuts}
 pid=
 trap 'stop_server; rm -rf "$work"' EXIT
 
@@ -85,11 +112,11 @@ start_server() {
     mkdir -p "$work/image-data-$mode" && chmod 777 "$work/image-data-$mode"
     podman run --rm --network host -v "$work/image-data-$mode:/var/lib/sofia-phone" \
       -v "$(mode_profile "$mode"):/etc/sofia-phone/turn.toml:ro" \
-      -e SOFIA_LOG=info -e SOFIA_SIP_LISTEN=127.0.0.1 -e SOFIA_SIP_PORT=$port \
+      -e SOFIA_LOG="${SOFIA_LOG:-info}" -e SOFIA_SIP_LISTEN=127.0.0.1 -e SOFIA_SIP_PORT=$port \
       -e SOFIA_USERS=1000:bench-secret \
       "$image" serve --config /etc/sofia-phone/turn.toml > "$work/log" 2>&1 &
   else
-    SOFIA_LOG=info SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
+    SOFIA_LOG=${SOFIA_LOG:-info} SOFIA_SIP_LISTEN=127.0.0.1 SOFIA_SIP_PORT=$port SOFIA_USERS=1000:bench-secret \
       SOFIA_DATA_DIR=$work/data-$mode \
       "$SOFIA_BIN" serve --config "$(mode_profile "$mode")" > "$work/log" 2>&1 &
   fi
@@ -174,14 +201,13 @@ paused_wavs=()
 
 make_paused_wavs() {
   local i first second
+  local halves=()
   sox -q -n -r 8000 -c 1 -b 16 "$work/pause.wav" trim 0 "$pause"
   for i in "${!paused_halves[@]}"; do
-    first=${paused_halves[$i]%%|*}
-    second=${paused_halves[$i]#*|}
-    espeak-ng -v en-us -s 160 -w "$work/p$i-a-22k.wav" "$first"
-    espeak-ng -v en-us -s 160 -w "$work/p$i-b-22k.wav" "$second"
-    sox -q "$work/p$i-a-22k.wav" -r 8000 -c 1 -b 16 "$work/p$i-a.wav"
-    sox -q "$work/p$i-b-22k.wav" -r 8000 -c 1 -b 16 "$work/p$i-b.wav"
+    halves+=("$work/p$i-a.wav" "${paused_halves[$i]%%|*}" "$work/p$i-b.wav" "${paused_halves[$i]#*|}")
+  done
+  say "${halves[@]}"
+  for i in "${!paused_halves[@]}"; do
     sox -q "$work/p$i-a.wav" "$work/pause.wav" "$work/p$i-b.wav" "$work/p$i.wav"
     paused_wavs+=("$work/p$i.wav")
   done
@@ -211,9 +237,9 @@ PY
 for build in "${builds[@]}"; do
   for mode in "${modes[@]}"; do
     start_server "$mode" "$build"
-    latency_steps "$build/$mode"
-    false_cuts "$build/$mode"
+    [[ " $parts " == *" latency "* ]] && latency_steps "$build/$mode"
+    [[ " $parts " == *" cuts "* ]] && false_cuts "$build/$mode"
     stop_server
   done
 done
-echo "(target for the image in model mode: p50 <= 600 ms, p95 <= 900 ms, at most 1 in 20 pauses cut)"
+echo "(caller's voice: $caller; target for the image in model mode: p50 <= 600 ms, p95 <= 900 ms, at most 1 in 20 pauses cut)"

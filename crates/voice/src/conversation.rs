@@ -87,19 +87,23 @@ pub enum EndOfTurn {
 /// The end-of-turn model's timings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelTurn {
-    /// Silence after enough speech at which the model is asked (and the transcription
-    /// starts early, so a complete turn is answered at once).
+    /// Silence after enough speech at which the model is asked.
     pub check_silence: Duration,
+    /// Silence after enough speech at which the transcription starts, ahead of the check
+    /// (at the latest with it): the verdict waits for the words too, and Whisper takes
+    /// longer than the model, so starting it first lets both be in at about the same
+    /// time. Speech cancels it, as it does any early transcription.
+    pub transcribe_silence: Duration,
     /// Silence after which the turn ends whatever the model said: a caller who paused
     /// mid-sentence has usually gone on within a second and a half, and longer
     /// waits make a wrong "incomplete" verdict feel like a dead line.
     pub fallback_silence: Duration,
     /// Probabilities above this are "complete".
     pub threshold: f32,
-    /// When the model says "incomplete" but the caller's words read as a finished
-    /// sentence ([`turn_words`](crate::turn_words)), the turn ends after this much
-    /// silence: the two disagree, so neither the quick answer nor the long wait. Longer
-    /// than a typical mid-sentence pause (0.7 s in the bench), shorter than the fallback.
+    /// When the model and the caller's words ([`turn_words`](crate::turn_words))
+    /// disagree about whether the sentence is finished, the turn ends after this much
+    /// silence: neither the quick answer nor the long wait. Longer than a typical
+    /// mid-sentence pause (0.7 s in the bench), shorter than the fallback.
     pub unsure_silence: Duration,
 }
 
@@ -107,6 +111,7 @@ impl Default for ModelTurn {
     fn default() -> Self {
         Self {
             check_silence: Duration::from_millis(200),
+            transcribe_silence: Duration::from_millis(100),
             fallback_silence: Duration::from_millis(1600),
             threshold: 0.5,
             unsure_silence: Duration::from_millis(800),
@@ -121,14 +126,15 @@ pub struct TurnCheckId(pub u64);
 /// What decided (or did not decide) the end of a turn in [`EndOfTurn::Model`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TurnVerdict {
-    /// The model said the turn is complete (and the words did not say otherwise); it
-    /// ended at once.
+    /// The model said the turn is complete and the words read as a finished sentence
+    /// (Whisper closed it); it ended at once.
     Complete,
     /// The model said the caller is not done, or their words end in the middle of a
     /// sentence ("I would like to"); the agent keeps listening.
     Incomplete,
-    /// The model said "not done" but the words read as a finished sentence: the turn
-    /// ends after [`ModelTurn::unsure_silence`].
+    /// The model and the words disagree (the model says "not done" but Whisper closed
+    /// the sentence, or the model says "done" but Whisper left it open): the turn ends
+    /// after [`ModelTurn::unsure_silence`].
     Unsure,
     /// The silence fallback ended the turn (the model said incomplete or had not
     /// answered).
@@ -810,14 +816,32 @@ impl Conversation {
         } else if silence_rule || len >= samples(self.cfg.max_utterance) {
             self.turn_check = None;
             self.end_of_turn(now);
-        } else if silence >= samples(model.check_silence) && self.turn_check.is_none() {
-            self.check_turn(now);
+        } else {
+            if silence >= samples(model.transcribe_silence.min(model.check_silence)) {
+                self.start_early_once(now);
+            }
+            if silence >= samples(model.check_silence) && self.turn_check.is_none() {
+                self.check_turn(now);
+            }
+        }
+    }
+
+    /// Starts the early transcription unless one of the audio as it now stands (the
+    /// same utterance, nothing said since) is already running or done.
+    fn start_early_once(&mut self, now: Instant) {
+        let current = self.utterance.as_ref().is_some_and(|u| {
+            self.early
+                .as_ref()
+                .is_some_and(|e| e.utterance == u.serial && e.speech_end == u.speech_end)
+        });
+        if !current {
+            self.start_early(now);
         }
     }
 
     /// Asks the end-of-turn model about the utterance so far (with the audio carried
-    /// over from an abandoned turn in front, which is the same sentence), and starts
-    /// its transcription at the same time: if the verdict is "complete", the turn is
+    /// over from an abandoned turn in front, which is the same sentence), and makes
+    /// sure its transcription has started: if the verdict is "complete", the turn is
     /// answered with the transcript as soon as it is ready.
     fn check_turn(&mut self, now: Instant) {
         let Some(u) = self.utterance.as_ref() else {
@@ -839,7 +863,7 @@ impl Conversation {
             verdict: None,
         });
         self.push_action(Action::PredictTurnEnd { check: id, audio });
-        self.start_early(now);
+        self.start_early_once(now);
     }
 
     /// The end-of-turn model's answer to [`Action::PredictTurnEnd`]: the probability that
@@ -906,7 +930,12 @@ impl Conversation {
         let verdict = match (answer, words) {
             (Err(()), _) => TurnVerdict::Failed,
             (Ok(_), Words::Unfinished) => TurnVerdict::Incomplete,
-            (Ok(p), _) if p > model.threshold => TurnVerdict::Complete,
+            (Ok(p), Words::Finished) if p > model.threshold => TurnVerdict::Complete,
+            // One of the two says the caller is done, the other is silent or says not:
+            // Whisper leaves a sentence it hears as going on without its full stop
+            // ("my favorite colors", "if you book a table for it"), so a confident model
+            // alone does not end the turn at once.
+            (Ok(p), Words::Unknown) if p > model.threshold => TurnVerdict::Unsure,
             (Ok(_), Words::Finished) => TurnVerdict::Unsure,
             (Ok(_), Words::Unknown) => TurnVerdict::Incomplete,
         };

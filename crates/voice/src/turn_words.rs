@@ -31,7 +31,7 @@ const DANGLING: &[&str] = &[
 /// noun ("my account number is", "the problem was").
 const AUXILIARIES: &[&str] = &[
     "is", "are", "was", "were", "am", "be", "been", "can", "could", "would", "should", "will",
-    "must", "might", "do", "does", "did",
+    "must", "might", "do", "does", "did", "have", "has", "had",
 ];
 
 const PRONOUNS: &[&str] = &[
@@ -74,6 +74,7 @@ mod tests {
         for half in [
             "I would like to.",
             "My account number is.",
+            "I would rather have.",
             "I think the problem is",
             "Could you book a table for",
             "I was wondering if...",
@@ -92,6 +93,7 @@ mod tests {
             "My favourite colour is blue.",
             "Yes, it is.",
             "I can.",
+            "Yes, we have.",
             "What time do you open?",
             "Hold on.",
             "Thanks!",

@@ -184,11 +184,48 @@ fn the_model_is_asked_after_200_ms_of_silence_with_the_utterance_and_transcripti
     assert_eq!(
         transcribes.len(),
         1,
-        "early transcription starts with the check"
+        "one early transcription, started ahead of the check: {:?}",
+        c.log
     );
-    assert_eq!(transcribes[0].0, at);
+    assert_eq!(transcribes[0].0, spoke_until + ms(100));
     c.frames(ms(400), false);
     assert_eq!(c.checks().len(), 1, "one check per stretch of speech");
+    assert_eq!(c.transcribes().len(), 1, "and one transcription");
+}
+
+#[test]
+fn speech_after_the_transcription_started_cancels_it_and_the_next_pause_starts_another() {
+    let mut c = Call::new(model_config());
+    c.frames(ms(1000), true);
+    c.frames(ms(120), false);
+    let first = c.transcribes();
+    assert_eq!(
+        first.len(),
+        1,
+        "transcription starts after 100 ms of silence"
+    );
+    assert!(c.checks().is_empty(), "the model is asked only at 200 ms");
+    c.frames(ms(600), true); // the caller goes on
+    let cancelled = c
+        .log
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Cancel { turn } if *turn == first[0].1));
+    assert!(
+        cancelled,
+        "the superseded transcription is cancelled: {:?}",
+        c.log
+    );
+    c.frames(ms(200), false);
+    assert_eq!(
+        c.transcribes().len(),
+        2,
+        "a new one for the whole utterance"
+    );
+    assert_eq!(
+        c.checks().len(),
+        1,
+        "and the model asked once, about all of it"
+    );
 }
 
 #[test]
@@ -264,6 +301,19 @@ fn a_finished_sentence_the_model_doubts_ends_after_the_unsure_silence() {
         Some(spoke + ms(800)),
         "with the early words"
     );
+}
+
+#[test]
+fn a_confident_model_on_words_without_a_full_stop_ends_after_the_unsure_silence() {
+    let mut c = Call::new(model_config());
+    let (spoke, check, turn) = c.speak_until_asked(ms(1200));
+    c.transcript(turn, "My favorite colors"); // Whisper heard a sentence going on
+    c.verdict(check, Ok(0.95));
+    assert_eq!(c.verdicts(), vec![TurnVerdict::Unsure]);
+    assert_eq!(c.conv.state(), State::Listening, "not ended at once");
+    c.frames(ms(600), false);
+    assert_eq!(c.conv.state(), State::Thinking, "ended at 800 ms");
+    assert_eq!(c.answered_at(), Some(spoke + ms(800)));
 }
 
 #[test]
