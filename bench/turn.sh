@@ -208,7 +208,14 @@ make_paused_wavs() {
   done
   say "${halves[@]}"
   for i in "${!paused_halves[@]}"; do
-    sox -q "$work/p$i-a.wav" "$work/pause.wav" "$work/p$i-b.wav" "$work/p$i.wav"
+    # Both voices pad what they say with silence (Piper about 0.1 s at each end,
+    # espeak-ng up to 0.3 s), which would make the pause that much longer than $pause:
+    # each half is trimmed to its voiced part (-45 dB) first.
+    for h in a b; do
+      sox -q "$work/p$i-$h.wav" "$work/p$i-$h-trim.wav" \
+        silence 1 0.005 -45d reverse silence 1 0.005 -45d reverse
+    done
+    sox -q "$work/p$i-a-trim.wav" "$work/pause.wav" "$work/p$i-b-trim.wav" "$work/p$i.wav"
     paused_wavs+=("$work/p$i.wav")
   done
 }

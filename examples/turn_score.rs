@@ -16,7 +16,7 @@ mod audio;
 use std::path::Path;
 use std::process::Command;
 
-use sofia_phone::voice::{PiperTts, SmartTurn, VoiceModels};
+use sofia_phone::voice::{PiperTts, SileroVad, SmartTurn, VadStream, VoiceModels};
 use sofia_voice::Tts;
 
 use audio::{phone_line, read_wav, resample, silence, RATE};
@@ -142,6 +142,38 @@ fn main() -> anyhow::Result<()> {
         &models.onnxruntime,
     )?;
     let dir = tempfile::tempdir()?;
+    let vad = SileroVad::load(&models.silero_vad, &models.onnxruntime)?;
+
+    // How long after the last voiced sample (-45 dB) Silero VAD says "silence", in the
+    // 20 ms frames the agent feeds it: that much of every pause is heard as speech.
+    let mut lags = Vec::new();
+    for s in FINISHED {
+        let speech = phone_line(&piper(&tts, s));
+        let floor = 10f32.powf(-45.0 / 20.0);
+        let last_voiced = speech.iter().rposition(|x| x.abs() > floor).unwrap_or(0);
+        let clip = [silence(0.3), speech, silence(0.6)].concat();
+        let last_voiced = last_voiced + silence(0.3).len();
+        let mut stream = VadStream::new();
+        let mut off_at = None;
+        for (i, frame) in clip.chunks(320).enumerate() {
+            let speaking = stream.push_frame(&vad, frame)?;
+            let end = (i + 1) * 320;
+            if end > last_voiced && !speaking && off_at.is_none() {
+                off_at = Some(end);
+            } else if speaking {
+                off_at = None;
+            }
+        }
+        if let Some(off) = off_at {
+            lags.push((off.saturating_sub(last_voiced)) as f32 / RATE as f32 * 1000.0);
+        }
+    }
+    lags.sort_by(f32::total_cmp);
+    println!(
+        "VAD silence starts after the last voiced sample: median {:.0} ms (of {:?} ms)",
+        lags.get(lags.len() / 2).copied().unwrap_or(f32::NAN),
+        lags.iter().map(|l| l.round() as i32).collect::<Vec<_>>()
+    );
 
     println!("Smart Turn probability of a complete turn (> 0.5 = complete), after a G.711 line:");
     println!("{:<52} {:>7} {:>7}", "finished sentence", "espeak", "piper");

@@ -667,3 +667,95 @@ fn a_refer_the_switch_cannot_carry_out_gets_notify_403_and_the_call_goes_on() {
     );
     server.terminate();
 }
+
+/// Keys pressed on one phone reach the other as RFC 4733 events: baresip (1000) calls
+/// baresip (1001) and presses 1, 5, 9 and # from its console; the called baresip must
+/// report those digits, in that order. (The switch ends the events on one leg and sends
+/// them anew on the other, with the other leg's payload type and clock.)
+#[test]
+fn keys_pressed_on_one_phone_reach_the_other_as_the_same_digits() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::time::Duration;
+
+    let (data, sip_port, server) = switch();
+    let mics = tempfile::tempdir().unwrap();
+    let callee_mic = mics.path().join("callee.wav");
+    write_tone_wav(&callee_mic, 8000, 1200.0, 12.0, 0.0);
+    let callee = baresip("1001", "secret-1001", sip_port, &callee_mic);
+    let mut callee_run = callee
+        .wait_for_calls(25)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
+    wait_saved_registration(data.path(), "\"1001\"");
+
+    let caller_mic = mics.path().join("caller.wav");
+    write_tone_wav(&caller_mic, 8000, 500.0, 0.5, 11.5);
+    let caller = Baresip::new_as(
+        "1000",
+        sip_port,
+        &caller_mic,
+        Options {
+            password: "secret-1000",
+            codec: "PCMU",
+            rate: 8000,
+            record: false,
+            console: true,
+        },
+    );
+    let console = caller.console.unwrap();
+    let mut caller_run = caller
+        .dial("1001", 15)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baresip runs");
+    let mut seen = String::new();
+    for line in BufReader::new(caller_run.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Call established") {
+            break;
+        }
+    }
+    assert!(seen.contains("Call established"), "no call:\n{seen}");
+    let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for digit in ["1", "5", "9", "#"] {
+        keys.send_to(
+            format!("/sndcode {digit}\n").as_bytes(),
+            ("127.0.0.1", console),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = caller_run.kill();
+    let _ = caller_run.wait();
+    let pid = callee_run.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let _ = callee_run.wait();
+    let mut callee_log = String::new();
+    for stream in [
+        Box::new(callee_run.stdout.take().unwrap()) as Box<dyn std::io::Read>,
+        Box::new(callee_run.stderr.take().unwrap()),
+    ] {
+        let mut text = String::new();
+        let _ = BufReader::new(stream).read_to_string(&mut text);
+        callee_log.push_str(&text);
+    }
+    server.terminate();
+    let digits: String = callee_log
+        .lines()
+        .filter(|l| l.contains("DTMF"))
+        .filter_map(|l| l.trim_end().chars().last())
+        .filter(|c| c.is_ascii_digit() || *c == '#' || *c == '*')
+        .collect();
+    assert_eq!(
+        digits, "159#",
+        "the called phone did not get the digits pressed on the caller:\n{callee_log}"
+    );
+}

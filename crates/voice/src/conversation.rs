@@ -48,6 +48,15 @@ pub struct Config {
     pub pre_roll: Duration,
     /// Silence kept after the last speech frame when the utterance is handed to STT.
     pub trailing_audio: Duration,
+    /// The voice detector says "silence" about 100-170 ms after the last voiced sample
+    /// (Silero's state decays; measured by `bench/turn_model.sh`). When it does, the
+    /// frames just before it that were already quiet (RMS below [`Config::quiet_level`])
+    /// count as silence too, up to this much, so the end-of-turn timers run from when
+    /// the caller actually stopped. Zero: silence counts from the detector's verdict.
+    pub vad_lag_credit: Duration,
+    /// Frame RMS below which audio is quiet enough to be the silence after speech
+    /// (-45 dBFS; a line whose noise is louder gets no credit).
+    pub quiet_level: f32,
     /// Caller silence (agent not speaking) before a reprompt.
     pub silence_timeout: Duration,
     /// Reprompts before the agent says goodbye and hangs up.
@@ -103,7 +112,8 @@ pub struct ModelTurn {
     /// When the model and the caller's words ([`turn_words`](crate::turn_words))
     /// disagree about whether the sentence is finished, the turn ends after this much
     /// silence: neither the quick answer nor the long wait. Longer than a typical
-    /// mid-sentence pause (0.7 s in the bench), shorter than the fallback.
+    /// mid-sentence pause (0.7 s in the bench) by more than the detector's timing
+    /// error, shorter than the fallback.
     pub unsure_silence: Duration,
 }
 
@@ -114,7 +124,7 @@ impl Default for ModelTurn {
             transcribe_silence: Duration::from_millis(100),
             fallback_silence: Duration::from_millis(1600),
             threshold: 0.5,
-            unsure_silence: Duration::from_millis(800),
+            unsure_silence: Duration::from_millis(900),
         }
     }
 }
@@ -164,6 +174,8 @@ impl Default for Config {
             max_utterance: Duration::from_secs(15),
             pre_roll: Duration::from_millis(300),
             trailing_audio: Duration::from_millis(200),
+            vad_lag_credit: Duration::from_millis(160),
+            quiet_level: 0.0056,
             silence_timeout: Duration::from_secs(10),
             max_reprompts: 1,
             max_call: Duration::from_secs(15 * 60),
@@ -408,6 +420,8 @@ struct Utterance {
     silence_samples: usize,
     /// Index in `audio` just past the last speech frame.
     speech_end: usize,
+    /// The quiet frames at the end of the speech so far ([`Config::vad_lag_credit`]).
+    quiet_tail: usize,
 }
 
 #[derive(Debug)]
@@ -718,6 +732,7 @@ impl Conversation {
                     audio,
                     voiced_samples: frame.len(),
                     silence_samples: 0,
+                    quiet_tail: 0,
                 });
             }
             Some(u) => {
@@ -726,7 +741,14 @@ impl Conversation {
                     u.voiced_samples += frame.len();
                     u.silence_samples = 0;
                     u.speech_end = u.audio.len();
+                    let quiet = crate::echo::mean_square(frame) < self.cfg.quiet_level.powi(2);
+                    u.quiet_tail = if quiet { u.quiet_tail + frame.len() } else { 0 };
                 } else {
+                    if u.silence_samples == 0 {
+                        // The detector has only now noticed: the quiet frames it still
+                        // called speech were the start of this silence.
+                        u.silence_samples = u.quiet_tail.min(samples(self.cfg.vad_lag_credit));
+                    }
                     u.silence_samples += frame.len();
                 }
             }

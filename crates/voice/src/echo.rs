@@ -457,7 +457,7 @@ fn best_delay(
     best
 }
 
-fn mean_square(x: &[f32]) -> f32 {
+pub(crate) fn mean_square(x: &[f32]) -> f32 {
     if x.is_empty() {
         0.0
     } else {

@@ -193,6 +193,38 @@ fn the_model_is_asked_after_200_ms_of_silence_with_the_utterance_and_transcripti
     assert_eq!(c.transcribes().len(), 1, "and one transcription");
 }
 
+/// Silero says "silence" 100-170 ms after the voice stops; the quiet frames it still
+/// called speech count towards the silence (up to 160 ms), loud ones do not.
+#[test]
+fn quiet_frames_the_detector_still_called_speech_count_as_silence() {
+    let mut c = Call::new(model_config());
+    c.frames(ms(1000), true);
+    let voice_stopped = c.elapsed();
+    // The detector lags: 120 ms more "speech", at line-noise level.
+    for _ in 0..6 {
+        c.now += FRAME;
+        c.conv.handle_audio(c.now, &[0.001; FRAME_SAMPLES], true);
+        c.drain();
+    }
+    c.frames(ms(80), false);
+    let checks = c.checks();
+    assert_eq!(
+        checks.len(),
+        1,
+        "asked 200 ms after the voice stopped: {:?}",
+        c.log
+    );
+    assert_eq!(checks[0].0, voice_stopped + ms(200));
+
+    // The same lag with the frames still loud is speech: no credit.
+    let mut c = Call::new(model_config());
+    c.frames(ms(1000), true);
+    c.frames(ms(120), true);
+    let speech_flag_ended = c.elapsed();
+    c.frames(ms(200), false);
+    assert_eq!(c.checks()[0].0, speech_flag_ended + ms(200));
+}
+
 #[test]
 fn speech_after_the_transcription_started_cancels_it_and_the_next_pause_starts_another() {
     let mut c = Call::new(model_config());
@@ -291,14 +323,14 @@ fn a_finished_sentence_the_model_doubts_ends_after_the_unsure_silence() {
     assert!(c.verdicts().is_empty(), "the model is awaited");
     c.verdict(check, Ok(0.02));
     assert_eq!(c.verdicts(), vec![TurnVerdict::Unsure]);
-    c.frames(ms(540), false); // 780 ms of silence
+    c.frames(ms(640), false); // 880 ms of silence
     assert_eq!(c.conv.state(), State::Listening);
     c.frames(ms(20), false);
-    assert_eq!(c.conv.state(), State::Thinking, "ended at 800 ms");
-    assert_eq!(c.elapsed(), spoke + ms(800));
+    assert_eq!(c.conv.state(), State::Thinking, "ended at 900 ms");
+    assert_eq!(c.elapsed(), spoke + ms(900));
     assert_eq!(
         c.answered_at(),
-        Some(spoke + ms(800)),
+        Some(spoke + ms(900)),
         "with the early words"
     );
 }
@@ -311,9 +343,11 @@ fn a_confident_model_on_words_without_a_full_stop_ends_after_the_unsure_silence(
     c.verdict(check, Ok(0.95));
     assert_eq!(c.verdicts(), vec![TurnVerdict::Unsure]);
     assert_eq!(c.conv.state(), State::Listening, "not ended at once");
-    c.frames(ms(600), false);
-    assert_eq!(c.conv.state(), State::Thinking, "ended at 800 ms");
-    assert_eq!(c.answered_at(), Some(spoke + ms(800)));
+    c.frames(ms(680), false);
+    assert_eq!(c.conv.state(), State::Listening, "not before 900 ms");
+    c.frames(ms(20), false);
+    assert_eq!(c.conv.state(), State::Thinking, "ended at 900 ms");
+    assert_eq!(c.answered_at(), Some(spoke + ms(900)));
 }
 
 #[test]
