@@ -1051,8 +1051,14 @@ impl Conversation {
     /// The utterance's audio as it is handed to speech-to-text: up to the end of its
     /// speech plus a little trailing audio.
     fn utterance_audio(&self, u: &Utterance) -> Vec<f32> {
-        let keep = (u.speech_end + samples(self.cfg.trailing_audio)).min(u.audio.len());
-        u.audio[..keep].to_vec()
+        let end = u.speech_end + samples(self.cfg.trailing_audio);
+        let mut audio = u.audio[..end.min(u.audio.len())].to_vec();
+        // An early transcription can start before that much silence has arrived (100 ms
+        // after the voice, in model mode); Whisper tiny, given a clip that stops right
+        // after the last word, repeats the sentence ("...on Friday, Friday, I would like
+        // to book a table for two on"), so the rest of the silence is added as zeros.
+        audio.resize(end, 0.0);
+        audio
     }
 
     /// Starts transcribing the current utterance before the end of the turn is certain.

@@ -188,6 +188,15 @@ fn the_model_is_asked_after_200_ms_of_silence_with_the_utterance_and_transcripti
         c.log
     );
     assert_eq!(transcribes[0].0, spoke_until + ms(100));
+    let sent = c.log.iter().find_map(|(_, a)| match a {
+        Action::Transcribe { audio, .. } => Some(audio.len()),
+        _ => None,
+    });
+    assert_eq!(
+        sent,
+        Some(16 * (300 + 1000 + 200)),
+        "Whisper gets the trailing 200 ms of silence though only 100 ms had arrived"
+    );
     c.frames(ms(400), false);
     assert_eq!(c.checks().len(), 1, "one check per stretch of speech");
     assert_eq!(c.transcribes().len(), 1, "and one transcription");
