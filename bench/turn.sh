@@ -240,12 +240,39 @@ print(f"{mode:<14} false cuts at a {pause} s pause: {cuts}/{total} (turn ends {e
 PY
 }
 
+# The switch's own means over the whole run, from /metrics: the end-of-turn model's
+# inference and the memory recall each transcript waits for before the conversation
+# (and the end-of-turn verdict) gets it.
+stage_means() {
+  local url
+  url=$(grep -o "http://[0-9.:]*/health" "$work/log" | head -1 | sed 's,/health$,/metrics,')
+  [[ -n $url ]] || return 0
+  curl -s "$url" | python3 -c '
+import sys
+v = {}
+for line in sys.stdin:
+    if line.startswith("#") or not line.strip():
+        continue
+    name, _, value = line.rpartition(" ")
+    v[name] = float(value)
+def mean(h):
+    s = [k for k in v if k.startswith(h + "_sum")]
+    c = [k for k in v if k.startswith(h + "_count")]
+    if not s or not c or v[c[0]] == 0:
+        return "-"
+    return "%.0f ms (n=%d)" % (1000 * v[s[0]] / v[c[0]], v[c[0]])
+print("%-14s means: Smart Turn inference %s; memory recall %s" % (sys.argv[1],
+      mean("sofia_agent_turn_model_latency_seconds"), mean("sofia_memory_recall_latency_seconds")))
+' "$1"
+}
+
 ((${#paused_halves[@]})) && make_paused_wavs
 for build in "${builds[@]}"; do
   for mode in "${modes[@]}"; do
     start_server "$mode" "$build"
     [[ " $parts " == *" latency "* ]] && latency_steps "$build/$mode"
     [[ " $parts " == *" cuts "* ]] && false_cuts "$build/$mode"
+    stage_means "$build/$mode"
     stop_server
   done
 done
