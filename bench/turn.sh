@@ -121,7 +121,7 @@ start_server() {
       "$SOFIA_BIN" serve --config "$(mode_profile "$mode")" > "$work/log" 2>&1 &
   fi
   pid=$!
-  for _ in $(seq 1 600); do grep -q "voice agent ready\|voice agent unavailable" "$work/log" && break; sleep 0.1; done
+  for _ in $(seq 1 600); do grep -qs "voice agent ready\|voice agent unavailable" "$work/log" && break; sleep 0.1; done
   grep -m1 "voice agent" "$work/log" | sed "s/^.*voice agent/$build, end_of_turn = $mode: voice agent/"
   grep -q "voice agent ready" "$work/log" || { tail -5 "$work/log"; exit 1; }
   kill -0 "$pid" 2>/dev/null || { echo "the $mode server exited:" >&2; tail -5 "$work/log" >&2; exit 1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Voice stage benchmark (a report, not a test): Whisper time per utterance length with
 # and without a fitted audio_ctx, Piper real-time factor, time to first TTS audio,
-# Silero VAD cost. Needs the models from `sofia-phone models fetch` and espeak-ng.
+# Silero VAD cost, the echo check's cost per frame. Needs the models from `sofia-phone models fetch` and espeak-ng.
 #
 #   bench/voice_stages.sh [repetitions]      (default 5)
 set -euo pipefail

@@ -6,9 +6,11 @@
 //! Voices: `espeak` (espeak-ng, each half said as an utterance of its own: a final fall
 //! before the pause), `espeak-break` (espeak-ng, the whole sentence with an SSML break
 //! at the pause, as a person who pauses mid-thought keeps the sentence's tune), `piper`
-//! (Piper's voice, each half on its own).
+//! (Piper's voice, each half on its own), `piper...` and `piper,` (Piper saying the
+//! whole sentence with "..." or "," at the pause, cut where it paused). Also: how long
+//! after the last voiced sample Silero VAD says "silence".
 //!
-//!     cargo run --release --example turn_score
+//!     bench/turn_model.sh   (cargo run --release --example turn_score)
 
 #[path = "../tests/voice_support/audio.rs"]
 mod audio;
@@ -70,8 +72,8 @@ fn espeak(args: &[&str], text: &str, dir: &Path) -> Vec<f32> {
     resample(&samples, rate, RATE)
 }
 
-/// The first `seconds` of espeak-ng's SSML rendering with a break where `|` is: the
-/// speech before the break (the break is silence, so it ends at the last voiced sample).
+/// espeak-ng's SSML rendering with a break where `|` is, cut at the break: the speech
+/// before it.
 fn espeak_before_break(sentence: &str, dir: &Path) -> Vec<f32> {
     let (first, second) = sentence
         .split_once('|')
