@@ -150,8 +150,10 @@ fn a_turn_survives_kill_9_and_the_store_reopens_cleanly() {
     let call = std::thread::spawn(move || call_agent(phone_port, &mic));
     // Kill the switch mid-call, once the caller's turn has been answered (its words are
     // committed to memory when the answer starts).
-    // (Turn 1 is the greeting; turn 2 answers the caller.)
-    server.wait_for("agent turn 2");
+    // A turn's timings are logged when its reply has played: the greeting's say
+    // "stt - ... first play -", an answer's "... first play 30ms". (Turn numbers do not
+    // say which: every early transcription of a pause takes one.)
+    server.wait_for("ms first play");
     std::thread::sleep(std::time::Duration::from_millis(500));
     server.kill();
     let _ = call.join();

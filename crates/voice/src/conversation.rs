@@ -1053,11 +1053,14 @@ impl Conversation {
     fn utterance_audio(&self, u: &Utterance) -> Vec<f32> {
         let end = u.speech_end + samples(self.cfg.trailing_audio);
         let mut audio = u.audio[..end.min(u.audio.len())].to_vec();
-        // An early transcription can start before that much silence has arrived (100 ms
-        // after the voice, in model mode); Whisper tiny, given a clip that stops right
-        // after the last word, repeats the sentence ("...on Friday, Friday, I would like
-        // to book a table for two on"), so the rest of the silence is added as zeros.
-        audio.resize(end, 0.0);
+        if u.silence_samples > 0 {
+            // An early transcription can start before that much silence has arrived
+            // (100 ms after the voice, in model mode); Whisper tiny, given a clip that
+            // stops right after the last word, repeats the sentence ("...on Friday,
+            // Friday, I would like to book a table for two on"), so the rest of the
+            // silence is added as zeros. (Speech cut at the maximum length stays as is.)
+            audio.resize(end, 0.0);
+        }
         audio
     }
 
