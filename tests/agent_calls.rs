@@ -38,7 +38,9 @@ fn caller_is_greeted_heard_answered_and_remembered_after_a_restart() {
     let reply = transcribe(&stt, &heard[(5 * RATE) as usize..]);
     eprintln!("first call, reply heard: {reply:?}");
     assert!(
-        reply.contains("paris"),
+        ["paris", "trip", "next month"]
+            .iter()
+            .any(|w| reply.contains(w)),
         "the reply does not take up what the caller said: {reply:?}"
     );
     let log = server.wait_for("call to 5555 over").join("\n");
@@ -127,7 +129,10 @@ fn talking_over_the_reply_stops_it_and_only_what_was_played_is_remembered() {
     let lines: Vec<&str> = transcript.lines().collect();
     let asked = lines
         .iter()
-        .position(|l| l.contains("caller:") && l.to_lowercase().contains("paris"))
+        .position(|l| {
+            let l = l.to_lowercase();
+            l.contains("caller:") && (l.contains("paris") || l.contains("trip"))
+        })
         .unwrap_or_else(|| panic!("the caller's words are not in the transcript:\n{transcript}"));
     let reply_line = lines[asked + 1..]
         .iter()
