@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use common::baresip::{Baresip, Options};
+use common::baresip::{read_until_established, Baresip, Options};
 use common::{
     assert_sipp_ok, call_args, free_port, http_addr, http_get, sipp, sipp_spawn, tone_share,
     wait_saved_registration, Server,
@@ -479,7 +479,6 @@ fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
             console: true,
         },
     );
-    let console = caller.console.unwrap();
     let mut run = caller
         .dial("1001", 25)
         .stdout(Stdio::piped())
@@ -487,21 +486,12 @@ fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
         .spawn()
         .expect("baresip runs (Debian package baresip; scripts/setup.sh test installs it)");
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref().map_while(Result::ok) {
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Call established") {
-            break;
-        }
-    }
-    assert!(seen.contains("Call established"), "no call:\n{seen}");
+    let seen = read_until_established(&mut lines);
     // The rest of baresip's output, for the failure message.
     let rest =
         std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
-    let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    keys.send_to(b"/hold\n", ("127.0.0.1", console)).unwrap();
+    caller.console_command("/hold");
     let held = server.wait_for("as the other leg asked");
     let mirrored = held.last().unwrap().clone();
     assert!(
@@ -509,7 +499,7 @@ fn hold_and_resume_on_one_leg_are_mirrored_to_the_other() {
         "{held:#?}"
     );
     std::thread::sleep(Duration::from_secs(3));
-    keys.send_to(b"/resume\n", ("127.0.0.1", console)).unwrap();
+    caller.console_command("/resume");
     let resumed = server.wait_for("as the other leg asked");
     assert!(
         resumed.last().unwrap().contains("a=sendrecv"),
@@ -704,34 +694,14 @@ fn keys_pressed_on_one_phone_reach_the_other_as_the_same_digits() {
             console: true,
         },
     );
-    let console = caller.console.unwrap();
     let mut caller_run = caller
         .dial("1001", 15)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("baresip runs");
-    let mut seen = String::new();
-    for line in BufReader::new(caller_run.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Call established") {
-            break;
-        }
-    }
-    assert!(seen.contains("Call established"), "no call:\n{seen}");
-    let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for digit in ["1", "5", "9", "#"] {
-        keys.send_to(
-            format!("/sndcode {digit}\n").as_bytes(),
-            ("127.0.0.1", console),
-        )
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(400));
-    }
+    read_until_established(&mut BufReader::new(caller_run.stdout.take().unwrap()).lines());
+    caller.press_keys("159#");
     std::thread::sleep(Duration::from_secs(1));
     let _ = caller_run.kill();
     let _ = caller_run.wait();

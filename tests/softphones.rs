@@ -8,7 +8,7 @@ mod voice_support;
 use std::path::Path;
 use std::process::Command;
 
-use common::baresip::{Baresip, Options};
+use common::baresip::{read_until_established, Baresip, Options};
 use common::{free_port, tone_share, Server};
 use voice_support::audio::{read_wav, write_tone_wav};
 
@@ -112,37 +112,15 @@ fn baresip_dtmf_arrives_as_the_right_digits() {
             console: true,
         },
     );
-    let console = phone.console.unwrap();
     let mut baresip = phone
         .dial("9196", 12)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("baresip runs");
-    let mut seen = String::new();
-    for line in BufReader::new(baresip.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Call established") {
-            break;
-        }
-    }
-    assert!(seen.contains("Call established"), "no call:\n{seen}");
+    read_until_established(&mut BufReader::new(baresip.stdout.take().unwrap()).lines());
     // Key presses through baresip's UDP console, as a user would type them.
-    let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    for digit in ["1", "5", "9", "#"] {
-        // A long command ends with a newline.
-        keys.send_to(
-            format!("/sndcode {digit}\n").as_bytes(),
-            ("127.0.0.1", console),
-        )
-        .unwrap();
-        // Keys are pressed one after another, as by a person; each takes ~100 ms of RTP.
-        std::thread::sleep(std::time::Duration::from_millis(400));
-    }
+    phone.press_keys("159#");
     let mut got = String::new();
     for _ in 0..4 {
         let lines = server.wait_for("DTMF digit");

@@ -148,6 +148,24 @@ impl Baresip {
         log
     }
 
+    /// Types `command` (e.g. `/hold`) at the phone's UDP console, as a user would.
+    pub fn console_command(&self, command: &str) {
+        let port = self.console.expect("the phone was set up with a console");
+        let keys = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A long command ends with a newline.
+        keys.send_to(format!("{command}\n").as_bytes(), ("127.0.0.1", port))
+            .unwrap();
+    }
+
+    /// Presses each of `keys` on the phone's console (RFC 4733 DTMF in a call), one
+    /// after another as by a person; each takes ~100 ms of RTP.
+    pub fn press_keys(&self, keys: &str) {
+        for key in keys.chars() {
+            self.console_command(&format!("/sndcode {key}"));
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+    }
+
     /// The WAV of what the phone heard.
     pub fn heard(&self, log: &str) -> PathBuf {
         let records = self.records.as_ref().expect("the phone was set to record");
@@ -157,4 +175,18 @@ impl Baresip {
             .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
             .unwrap_or_else(|| panic!("baresip recorded nothing it heard:\n{log}"))
     }
+}
+
+/// Reads baresip's output lines until its call is established and returns what it read;
+/// fails if the output ends first. The rest stays in `lines`.
+pub fn read_until_established(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> String {
+    let mut seen = String::new();
+    for line in lines.map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Call established") {
+            return seen;
+        }
+    }
+    panic!("no call:\n{seen}");
 }
