@@ -7,6 +7,7 @@
 # `sofia-phone models fetch` and espeak-ng.
 #
 #   bench/turn_model.sh
+#   TURN_TRAILING_MS=120 bench/turn_model.sh   (ask the model earlier; default 200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/sofia-phone/target}

@@ -15,12 +15,10 @@
 //! whether it has the caller's audio or not, so it cannot see audio the switch dropped
 //! or concealed).
 //!
-//! CODEC_A is what the callers offer, CODEC_B what the phones answer with: PCMU
-//! (default) or PCMA. PCMU -> PCMA is the transcoding variant: the switch decodes one
-//! law and encodes the other on each leg. Opus is not offered by this generator:
-//! encoding 48 kHz Opus for hundreds of streams in the load generator would take the
-//! CPU the switch is being measured on, and the frame tags below do not survive a
-//! lossy codec and its resampling.
+//! CODEC_A is what the callers offer, PCMU (default) or PCMA; CODEC_B what the phones
+//! answer with: PCMU, PCMA or opus. PCMU -> PCMA transcodes between the laws on each
+//! leg; PCMU -> opus is the full transcoding path (G.711 at 8 kHz on one leg, Opus at
+//! 48 kHz on the other: decode, resample and encode, both ways).
 //!
 //! What is measured, both directions independently: the caller and the phone each send
 //! their own paced stream of 20 ms frames for the whole call (the caller for SECONDS,
@@ -39,8 +37,20 @@
 //! mode the round trip) is reported as p50 and p99. A tag with another call's index or
 //! the wrong direction is counted as misrouted.
 //!
-//! A call is ok when it was answered, tagged audio arrived both ways and its BYE got
-//! 200. Prints one line:
+//! With an Opus phone the tags cannot be used: Opus is lossy and the switch resamples
+//! 8 <-> 48 kHz, so no sample survives as sent. The phone then sends one second of
+//! tone, encoded once at start and replayed (encoding hundreds of streams here would
+//! take the CPU the switch is measured on), and each side counts voiced frames instead
+//! of tags: a packet whose decoded audio is louder than -34 dBFS (the phone decodes
+//! the switch's Opus; the caller its G.711), one per sequence number, arriving within
+//! the window. Expected is the window's length in frames, less one for where the
+//! 20 ms grid falls on its edges. This sees the switch's packets stop carrying audio
+//! (nothing arrived to relay, or a long gap went silent), not a single lost frame
+//! the switch concealed by repeating the one before it (up to 5 in a row), and it
+//! gives no per-frame delay (`delay_*_ms=-`); pacing (late) is measured the same way.
+//!
+//! A call is ok when it was answered, tagged (or voiced) audio arrived both ways and
+//! its BYE got 200. Prints one line:
 //! `calls=N ok=N lost_pct=.. late_pct=.. rx_packets=.. registered=N answered=N
 //! a_to_b_lost_pct=.. b_to_a_lost_pct=.. delay_p50_ms=.. delay_p99_ms=.. misrouted=N
 //! mode=bridged|echo` (lost and late over both directions; rx_packets counts tagged
@@ -59,6 +69,7 @@ use std::time::Duration;
 
 use callee_ua::{Callee, CalleeEvent};
 use loopback_ua::Ua;
+use sofia_media::codec::{CodecKind, Decoder, Encoder};
 use sofia_media::g711;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -82,6 +93,11 @@ const ECHO_EXTENSION: &str = "9196";
 const SAMPLES_PER_BIT: usize = 4;
 const TAG_LEVEL: i16 = 8000;
 const TAG_THRESHOLD: i16 = 2000;
+/// A frame louder than this (RMS, -34 dBFS of full scale 1.0) is voiced; the tags and
+/// the phone's tone are -12 dBFS or louder, the switch's silence is digital zero.
+const VOICED_RMS: f32 = 0.02;
+/// The Opus phone's tone: frames encoded once and replayed in a loop (one second).
+const TONE_FRAMES: usize = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Codec {
@@ -94,7 +110,7 @@ impl Codec {
         match name.to_ascii_uppercase().as_str() {
             "PCMU" => Ok(Self::Pcmu),
             "PCMA" => Ok(Self::Pcma),
-            other => anyhow::bail!("codec {other}: PCMU or PCMA (see the doc comment on Opus)"),
+            other => anyhow::bail!("codec {other}: the callers send PCMU or PCMA"),
         }
     }
 
@@ -133,6 +149,59 @@ impl Codec {
             Self::Pcma => g711::alaw_to_linear(code),
         }
     }
+}
+
+/// What the phones answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PhoneCodec {
+    /// Tagged G.711 of that law.
+    G711(Codec),
+    /// Opus: the tone, counted as voiced frames (see the module doc).
+    Opus,
+}
+
+impl PhoneCodec {
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        if name.eq_ignore_ascii_case("opus") {
+            return Ok(Self::Opus);
+        }
+        Codec::parse(name)
+            .map(Self::G711)
+            .map_err(|_| anyhow::anyhow!("codec {name}: the phones answer PCMU, PCMA or opus"))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::G711(codec) => codec.name(),
+            Self::Opus => "opus",
+        }
+    }
+}
+
+/// The Opus phone's tone (200 and 1100 Hz at -12 dBFS each), TONE_FRAMES 20 ms
+/// frames of Opus at 48 kHz.
+fn opus_tone() -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut encoder = Encoder::new(CodecKind::Opus)?;
+    let samples = CodecKind::Opus.samples_per_frame(20);
+    let rate = CodecKind::Opus.clock_rate() as f32;
+    (0..TONE_FRAMES)
+        .map(|f| {
+            let pcm: Vec<f32> = (0..samples)
+                .map(|n| {
+                    let t = (f * samples + n) as f32 / rate;
+                    let tau = std::f32::consts::TAU;
+                    0.25 * (tau * 200.0 * t).sin() + 0.25 * (tau * 1100.0 * t).sin()
+                })
+                .collect();
+            let mut packet = Vec::new();
+            encoder.encode(&pcm, &mut packet)?;
+            Ok(packet)
+        })
+        .collect()
+}
+
+fn rms(samples: &[f32]) -> f32 {
+    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()
 }
 
 /// Which way a frame travels.
@@ -185,25 +254,44 @@ fn read_tag(codec: Codec, payload: &[u8]) -> Option<(u16, usize, Dir)> {
     Some(((head >> 13) as u16, ((head >> 1) & 0xfff) as usize, dir))
 }
 
-fn rtp_packet(payload_type: u8, seq: u16, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+/// An RTP packet; `samples` per frame advance the timestamp (160 for G.711, 960 for
+/// Opus at 20 ms).
+fn rtp_packet(payload_type: u8, seq: u16, samples: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
     let mut packet = vec![0x80, payload_type & 0x7f];
     packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(&u32::from(seq).wrapping_mul(160).to_be_bytes());
+    packet.extend_from_slice(&u32::from(seq).wrapping_mul(samples).to_be_bytes());
     packet.extend_from_slice(&ssrc.to_be_bytes());
     packet.extend_from_slice(payload);
     packet
 }
 
+/// How one direction recognises the other side's frames.
+#[derive(Default)]
+enum Listen {
+    /// Tagged G.711 frames, of the law their payload type says.
+    #[default]
+    Tags,
+    /// Voiced G.711 frames (audio that crossed Opus on the other leg).
+    VoicedG711,
+    /// Voiced Opus frames of payload type `pt`, decoded here.
+    VoicedOpus { pt: u8, decoder: Box<Decoder> },
+}
+
 /// What one direction of one call received.
 #[derive(Default)]
 struct Rx {
+    listen: Listen,
     /// When the sender's frame 0 was due (frame k is due FRAME * k later).
     start: Option<Instant>,
     /// Arrival of each tagged frame, by frame number (first copy).
     tagged: Vec<Option<Instant>>,
     /// Arrival of every RTP packet.
     arrivals: Vec<Instant>,
+    /// Arrival and sequence number of each voiced packet (voiced listening).
+    voiced: Vec<(Instant, u16)>,
     misrouted: u64,
+    /// Decoded audio, reused.
+    pcm: Vec<f32>,
 }
 
 impl Rx {
@@ -213,12 +301,39 @@ impl Rx {
         }
         self.arrivals.push(now);
         let csrc = usize::from(packet[0] & 0x0f) * 4;
-        let Some(codec) = Codec::from_payload_type(packet[1] & 0x7f) else {
-            return;
-        };
+        let pt = packet[1] & 0x7f;
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
         let Some(payload) = packet.get(12 + csrc..) else {
             return;
         };
+        self.pcm.clear();
+        let level = match &mut self.listen {
+            Listen::VoicedOpus { pt: ours, decoder } if *ours == pt => decoder
+                .decode(payload, &mut self.pcm)
+                .ok()
+                .map(|_| rms(&self.pcm)),
+            Listen::VoicedG711 => Codec::from_payload_type(pt).map(|codec| {
+                self.pcm.extend(
+                    payload
+                        .iter()
+                        .map(|c| f32::from(codec.decode(*c)) / 32768.0),
+                );
+                rms(&self.pcm)
+            }),
+            Listen::VoicedOpus { .. } => None,
+            Listen::Tags => {
+                if let Some(codec) = Codec::from_payload_type(pt) {
+                    self.record_tag(now, codec, payload, call, dir);
+                }
+                return;
+            }
+        };
+        if level.is_some_and(|l| l > VOICED_RMS) {
+            self.voiced.push((now, seq));
+        }
+    }
+
+    fn record_tag(&mut self, now: Instant, codec: Codec, payload: &[u8], call: usize, dir: Dir) {
         match read_tag(codec, payload) {
             Some((k, c, d)) if c == call && d == dir => {
                 let k = usize::from(k);
@@ -239,6 +354,24 @@ impl Rx {
             misrouted: self.misrouted,
             ..Stats::default()
         };
+        let in_window = |t: &Instant| *t >= w0 && *t <= w1;
+        stats.late = self
+            .arrivals
+            .windows(2)
+            .filter(|w| in_window(&w[0]) && in_window(&w[1]) && w[1] - w[0] > LATE_GAP)
+            .count() as u64;
+        if !matches!(self.listen, Listen::Tags) {
+            // One per sequence number, by arrival; less one frame for the grid's edges.
+            stats.expected = frames(w1.saturating_duration_since(w0)).saturating_sub(1) as u64;
+            let mut seqs: Vec<u16> = (self.voiced.iter())
+                .filter(|(at, _)| in_window(at))
+                .map(|(_, seq)| *seq)
+                .collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            stats.received = seqs.len() as u64;
+            return stats;
+        }
         let Some(start) = self.start else {
             stats.expected = frames(w1.saturating_duration_since(w0)) as u64;
             return stats;
@@ -256,12 +389,6 @@ impl Rx {
                     .push(at.saturating_duration_since(due).as_micros() as u32);
             }
         }
-        let in_window = |t: &Instant| *t >= w0 && *t <= w1;
-        stats.late = self
-            .arrivals
-            .windows(2)
-            .filter(|w| in_window(&w[0]) && in_window(&w[1]) && w[1] - w[0] > LATE_GAP)
-            .count() as u64;
         stats
     }
 }
@@ -324,10 +451,20 @@ async fn main() -> anyhow::Result<()> {
         "SECONDS is 2-1200 (the tag's frame number has 16 bits)"
     );
     let (codec_a, codec_b) = match args.get(4..6) {
-        Some([a, b]) => (Codec::parse(a)?, Codec::parse(b)?),
-        _ => (Codec::Pcmu, Codec::Pcmu),
+        Some([a, b]) => (Codec::parse(a)?, PhoneCodec::parse(b)?),
+        _ => (Codec::Pcmu, PhoneCodec::G711(Codec::Pcmu)),
     };
+    let tone = Arc::new(if codec_b == PhoneCodec::Opus {
+        opus_tone()?
+    } else {
+        Vec::new()
+    });
     let pairs: Vec<Arc<Pair>> = (0..calls).map(|_| Arc::default()).collect();
+    if codec_b == PhoneCodec::Opus {
+        for pair in &pairs {
+            pair.b_to_a.lock().expect("lock").listen = Listen::VoicedG711;
+        }
+    }
 
     // Phones: register them all, spread over a moment.
     let spread = move |i: usize, total: Duration| total * i as u32 / calls.max(1) as u32;
@@ -366,6 +503,7 @@ async fn main() -> anyhow::Result<()> {
             rtp,
             events_rx,
             Arc::clone(&pairs[i]),
+            Arc::clone(&tone),
             stop_rx.clone(),
         ));
     }
@@ -404,15 +542,18 @@ async fn main() -> anyhow::Result<()> {
     let percentile = |p: f64| {
         let d = &both.delays_us;
         if d.is_empty() {
-            return 0.0;
+            return "-".to_string(); // voiced counting has no per-frame delay
         }
-        f64::from(d[((d.len() - 1) as f64 * p) as usize]) / 1000.0
+        format!(
+            "{:.1}",
+            f64::from(d[((d.len() - 1) as f64 * p) as usize]) / 1000.0
+        )
     };
     let pct = |n: u64| 100.0 * n as f64 / both.expected.max(1) as f64;
     println!(
         "calls={calls} ok={ok} lost_pct={:.3} late_pct={:.3} rx_packets={} registered={registered} \
-         answered={answered} a_to_b_lost_pct={:.3} b_to_a_lost_pct={:.3} delay_p50_ms={:.1} \
-         delay_p99_ms={:.1} misrouted={} mode={}",
+         answered={answered} a_to_b_lost_pct={:.3} b_to_a_lost_pct={:.3} delay_p50_ms={} \
+         delay_p99_ms={} misrouted={} mode={}",
         both.lost_pct(),
         pct(both.late),
         both.received,
@@ -470,7 +611,7 @@ async fn one_call(
             _ = tick.tick() => {
                 if Instant::now() < end {
                     let frame = tagged_frame(codec, k, i, Dir::AToB);
-                    let packet = rtp_packet(codec.payload_type(), k, ssrc, &frame);
+                    let packet = rtp_packet(codec.payload_type(), k, 160, ssrc, &frame);
                     k = k.wrapping_add(1);
                     let _ = rtp.send_to(&packet, media_to).await;
                 }
@@ -497,28 +638,44 @@ async fn one_call(
     })
 }
 
-/// Phone i's media: from each answer to its call's end, sends a tagged stream to the
-/// switch and counts the caller's.
+/// Phone i's media: from each answer to its call's end, sends a tagged stream (or,
+/// answering Opus, the replayed `tone`) to the switch and counts the caller's.
 async fn phone_media(
     i: usize,
     rtp: UdpSocket,
     mut events: mpsc::UnboundedReceiver<CalleeEvent>,
     pair: Arc<Pair>,
+    tone: Arc<Vec<Vec<u8>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let ssrc = 0x6000_0001 + 2 * i as u32;
     let mut buf = [0u8; 2048];
     loop {
-        let (media_to, codec) = tokio::select! {
+        let (media_to, payload_type) = tokio::select! {
             _ = stopped(&mut stop) => return,
             event = events.recv() => match event {
                 None => return,
-                Some(CalleeEvent::Answered { media_to, payload_type }) => {
-                    (media_to, Codec::from_payload_type(payload_type).unwrap_or(Codec::Pcmu))
-                }
+                Some(CalleeEvent::Answered { media_to, payload_type }) => (media_to, payload_type),
                 Some(CalleeEvent::Ended) => continue,
             },
         };
+        // Opus: the tone, and the switch's Opus decoded here (one decoder per call).
+        let opus = !tone.is_empty();
+        if opus {
+            match Decoder::new(CodecKind::Opus) {
+                Ok(decoder) => {
+                    pair.a_to_b.lock().expect("lock").listen = Listen::VoicedOpus {
+                        pt: payload_type,
+                        decoder: Box::new(decoder),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("u{}: no Opus decoder: {e}", FIRST_USER + i);
+                    return;
+                }
+            }
+        }
+        let codec = Codec::from_payload_type(payload_type).unwrap_or(Codec::Pcmu);
         let mut tick = interval(FRAME);
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         pair.b_to_a.lock().expect("lock").start = Some(Instant::now());
@@ -532,8 +689,13 @@ async fn phone_media(
                     Some(CalleeEvent::Answered { .. }) => {}
                 },
                 _ = tick.tick() => {
-                    let frame = tagged_frame(codec, k, i, Dir::BToA);
-                    let packet = rtp_packet(codec.payload_type(), k, ssrc, &frame);
+                    let packet = if opus {
+                        let frame = &tone[usize::from(k) % tone.len()];
+                        rtp_packet(payload_type, k, 960, ssrc, frame)
+                    } else {
+                        let frame = tagged_frame(codec, k, i, Dir::BToA);
+                        rtp_packet(codec.payload_type(), k, 160, ssrc, &frame)
+                    };
                     k = k.wrapping_add(1);
                     let _ = rtp.send_to(&packet, media_to).await;
                 }
@@ -565,6 +727,57 @@ mod tests {
             let relayed: Vec<u8> = frame.iter().map(|c| to.encode(from.decode(*c))).collect();
             assert_eq!(read_tag(to, &relayed), Some((4321, 257, Dir::BToA)));
         }
+    }
+
+    #[test]
+    fn the_opus_tone_is_voiced_and_opus_silence_is_not() {
+        let tone = opus_tone().expect("encoder");
+        let mut decoder = Decoder::new(CodecKind::Opus).expect("decoder");
+        let mut pcm = Vec::new();
+        for packet in &tone[..10] {
+            pcm.clear();
+            decoder.decode(packet, &mut pcm).expect("decodes");
+        }
+        assert!(rms(&pcm) > VOICED_RMS, "tone at {}", rms(&pcm));
+        let mut encoder = Encoder::new(CodecKind::Opus).expect("encoder");
+        for _ in 0..10 {
+            let mut packet = Vec::new();
+            encoder.encode(&[0.0; 960], &mut packet).expect("encodes");
+            pcm.clear();
+            decoder.decode(&packet, &mut pcm).expect("decodes");
+        }
+        assert!(rms(&pcm) < VOICED_RMS, "silence at {}", rms(&pcm));
+    }
+
+    #[test]
+    fn voiced_counting_sees_frames_that_went_silent() {
+        let start = Instant::now();
+        let tone: Vec<u8> = (0..160)
+            .map(|n| g711::linear_to_mulaw(if n % 20 < 10 { 8000 } else { -8000 }))
+            .collect();
+        let silence = [g711::linear_to_mulaw(0); 160];
+        let received = |silent: std::ops::Range<u16>| {
+            let mut rx = Rx {
+                listen: Listen::VoicedG711,
+                ..Rx::default()
+            };
+            for k in 0..100u16 {
+                let payload = if silent.contains(&k) {
+                    &silence[..]
+                } else {
+                    &tone[..]
+                };
+                let at = start + FRAME * u32::from(k);
+                rx.record(at, &rtp_packet(0, k, 160, 1, payload), 0, Dir::BToA);
+            }
+            rx.summarize(start + FRAME * 10, start + FRAME * 90)
+        };
+        // 81 arrivals in the window against 79 expected: nothing lost.
+        let all = received(0..0);
+        assert_eq!((all.expected, all.received.min(all.expected)), (79, 79));
+        // Ten frames that carried no audio are ten fewer.
+        let gap = received(40..50);
+        assert_eq!((gap.expected, gap.received), (79, 71));
     }
 
     #[test]

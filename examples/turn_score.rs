@@ -1,7 +1,8 @@
 //! What Smart Turn says about finished sentences and about sentences stopped at a
 //! mid-sentence pause, for each way the bench can make a caller's voice (run by
-//! `bench/turn_model.sh`). Each clip goes through a G.711 phone line and ends in 200 ms
-//! of silence, which is what the conversation holds when it asks the model.
+//! `bench/turn_model.sh`). Each clip goes through a G.711 phone line and ends 200 ms
+//! after its last voiced sample, which is what the conversation holds when it asks the
+//! model (`TURN_TRAILING_MS=120` asks earlier).
 //!
 //! Voices: `espeak` (espeak-ng, each half said as an utterance of its own: a final fall
 //! before the pause), `espeak-break` (espeak-ng, the whole sentence with an SSML break
@@ -119,8 +120,25 @@ fn piper(tts: &PiperTts, text: &str) -> Vec<f32> {
     resample(&audio.samples, audio.sample_rate, RATE)
 }
 
-fn score(model: &SmartTurn, speech: Vec<f32>) -> f32 {
-    let clip = [silence(0.3), speech, silence(0.2)].concat();
+/// Silence after the last voiced sample when the model is asked: the conversation's
+/// check silence (200 ms by default; `TURN_TRAILING_MS` tries another).
+fn trailing() -> f32 {
+    std::env::var("TURN_TRAILING_MS")
+        .ok()
+        .and_then(|v| v.parse::<f32>().ok())
+        .map_or(0.2, |ms| ms / 1000.0)
+}
+
+/// The clip ends `trailing()` after its last voiced sample (-45 dB), as the
+/// conversation's does when it asks (it counts silence from the caller's last sound).
+fn score(model: &SmartTurn, mut speech: Vec<f32>) -> f32 {
+    let floor = 10f32.powf(-45.0 / 20.0);
+    let end = speech
+        .iter()
+        .rposition(|x| x.abs() > floor)
+        .map_or(0, |i| i + 1);
+    speech.truncate(end);
+    let clip = [silence(0.3), speech, silence(trailing())].concat();
     model.predict(&phone_line(&clip)).expect("predict")
 }
 
@@ -177,7 +195,11 @@ fn main() -> anyhow::Result<()> {
         lags.iter().map(|l| l.round() as i32).collect::<Vec<_>>()
     );
 
-    println!("Smart Turn probability of a complete turn (> 0.5 = complete), after a G.711 line:");
+    println!(
+        "Smart Turn probability of a complete turn (> 0.5 = complete), after a G.711 line, \
+         asked {:.0} ms after the last voiced sample:",
+        trailing() * 1000.0
+    );
     println!("{:<52} {:>7} {:>7}", "finished sentence", "espeak", "piper");
     let (mut fin_espeak, mut fin_piper) = (Vec::new(), Vec::new());
     for s in FINISHED {

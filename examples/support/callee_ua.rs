@@ -1,7 +1,7 @@
 //! A minimal SIP phone that is called, for the bridged-call load generator
 //! (examples/bridge_load.rs): it registers one user over UDP on loopback (answering
 //! the digest challenge), answers every INVITE at once with 200 and an SDP answer for
-//! one codec, retransmits the 200 until the ACK (RFC 3261 13.3.1.4, Timer G), answers
+//! one codec (PCMU, PCMA or Opus), retransmits the 200 until the ACK (RFC 3261 13.3.1.4, Timer G), answers
 //! BYE, CANCEL and the switch's OPTIONS keep-alives with 200, and unregisters at the
 //! end. Media is not its business: it reports where to send RTP and when the call ends
 //! as [`CalleeEvent`]s. Not a SIP stack: one call at a time, enough to be rung.
@@ -40,10 +40,13 @@ pub struct Callee {
     user: String,
     password: String,
     rtp_port: u16,
-    /// The codec answered with, as the rtpmap encoding name ("PCMU", "PCMA").
+    /// The codec answered with, as the rtpmap encoding name ("PCMU", "PCMA", "opus").
     codec: String,
-    /// Its static payload type, used when the offer has no rtpmap for it.
-    static_pt: u8,
+    /// Its static payload type, used when the offer has no rtpmap for it (Opus has
+    /// none: RFC 7587 7).
+    static_pt: Option<u8>,
+    /// Its clock rate and channels as written in `a=rtpmap` ("8000", "48000/2").
+    rate: &'static str,
     tag: String,
     reg_call_id: String,
     reg_cseq: u32,
@@ -61,7 +64,8 @@ struct Answering {
 }
 
 impl Callee {
-    /// A phone for `user` that answers with `codec` ("PCMU" or "PCMA") on `rtp_port`.
+    /// A phone for `user` that answers with `codec` ("PCMU", "PCMA" or "opus") on
+    /// `rtp_port`.
     pub async fn new(
         server: SocketAddr,
         user: &str,
@@ -69,9 +73,10 @@ impl Callee {
         rtp_port: u16,
         codec: &str,
     ) -> std::io::Result<Self> {
-        let static_pt = match codec.to_ascii_uppercase().as_str() {
-            "PCMA" => 8,
-            _ => 0,
+        let (static_pt, rate) = match codec.to_ascii_uppercase().as_str() {
+            "PCMA" => (Some(8), "8000"),
+            "OPUS" => (None, "48000/2"),
+            _ => (Some(0), "8000"),
         };
         Ok(Self {
             sip: UdpSocket::bind((server.ip(), 0)).await?,
@@ -79,8 +84,9 @@ impl Callee {
             user: user.to_string(),
             password: password.to_string(),
             rtp_port,
-            codec: codec.to_ascii_uppercase(),
+            codec: codec.to_string(),
             static_pt,
+            rate,
             tag: token(),
             reg_call_id: format!("reg-{}-{user}-{}", std::process::id(), token()),
             reg_cseq: 0,
@@ -272,13 +278,13 @@ impl Callee {
                 }
             }
         }
-        let pt = pt.or_else(|| offered.contains(&self.static_pt).then_some(self.static_pt))?;
+        let pt = pt.or_else(|| self.static_pt.filter(|s| offered.contains(s)))?;
         let media_to = SocketAddr::new(ip.unwrap_or(self.server.ip()), port?);
         let local = self.local().ip();
         let sdp = format!(
             "v=0\r\no=- 1 1 IN IP4 {local}\r\ns=-\r\nc=IN IP4 {local}\r\nt=0 0\r\n\
-             m=audio {} RTP/AVP {pt}\r\na=rtpmap:{pt} {}/8000\r\na=ptime:20\r\na=sendrecv\r\n",
-            self.rtp_port, self.codec
+             m=audio {} RTP/AVP {pt}\r\na=rtpmap:{pt} {}/{}\r\na=ptime:20\r\na=sendrecv\r\n",
+            self.rtp_port, self.codec, self.rate
         );
         Some((media_to, pt, sdp))
     }
