@@ -17,7 +17,9 @@
 # packet count.
 #
 #   bench/bridge.sh [SECONDS_PER_STEP] [STEPS...]   (default 20; 50 100 150 200 250 300 400 500)
-#   BRIDGE_TRANSCODE_CALLS=N   calls in each transcoding step (default 100; 0 skips them)
+#   BRIDGE_TRANSCODE_CALLS=N   calls in the PCMU>PCMA step (default 100; 0 skips it)
+#   BRIDGE_OPUS_CALLS=N        calls in the PCMU>opus step (default 50; 0 skips it: about
+#                              2% of a core per call here, ten times a G.711 bridged call)
 #   BRIDGE_ECHO=packets|tags|both|none   which echo figures (default both, see above)
 #   BRIDGE_ALL_STEPS=1         keep stepping after a step that is not clean
 #   BRIDGE_PROFILE=PATH        another profile (default bench/profiles/bridge.toml)
@@ -53,6 +55,7 @@ shift || true
 steps=("$@")
 ((${#steps[@]})) || steps=(50 100 150 200 250 300 400 500)
 transcode=${BRIDGE_TRANSCODE_CALLS:-100}
+opus_calls=${BRIDGE_OPUS_CALLS:-50}
 echo_mode=${BRIDGE_ECHO:-both}
 all_steps=${BRIDGE_ALL_STEPS:-0}
 profile=${BRIDGE_PROFILE:-bench/profiles/bridge.toml}
@@ -65,6 +68,7 @@ bridge_load=$CARGO_TARGET_DIR/release/examples/bridge_load
 
 # Users u100.. for the largest step, password pw-<user> (what bridge_load registers with).
 max=$transcode
+((opus_calls > max)) && max=$opus_calls
 for n in "${steps[@]}"; do if ((n > max)); then max=$n; fi; done
 users=$(for ((i = 100; i < 100 + max; i++)); do printf 'u%d:pw-u%d,' "$i" "$i"; done)
 users=${users%,}
@@ -183,7 +187,9 @@ for n in "${steps[@]}"; do
 done
 if ((transcode > 0)); then
   step "PCMU>PCMA" "$transcode" "$bridge_load" "127.0.0.1:$port" "$transcode" "$secs" PCMU PCMA
-  step "PCMU>opus" "$transcode" "$bridge_load" "127.0.0.1:$port" "$transcode" "$secs" PCMU opus
+fi
+if ((opus_calls > 0)); then
+  step "PCMU>opus" "$opus_calls" "$bridge_load" "127.0.0.1:$port" "$opus_calls" "$secs" PCMU opus
 fi
 echo "largest clean step of bridged G.711 calls (all ok, <= 0.1% lost): $best"
 echo "largest step clean from the first one on with <= 0.1% late as well: $best_timely"
