@@ -123,22 +123,26 @@ fn piper(tts: &PiperTts, text: &str) -> Vec<f32> {
 /// Silence after the last voiced sample when the model is asked: the conversation's
 /// check silence (200 ms by default; `TURN_TRAILING_MS` tries another).
 fn trailing() -> f32 {
-    std::env::var("TURN_TRAILING_MS")
-        .ok()
-        .and_then(|v| v.parse::<f32>().ok())
-        .map_or(0.2, |ms| ms / 1000.0)
+    match std::env::var("TURN_TRAILING_MS") {
+        Err(_) => 0.2,
+        Ok(v) => v
+            .parse::<f32>()
+            .map(|ms| ms / 1000.0)
+            .unwrap_or_else(|_| panic!("TURN_TRAILING_MS={v}: a number of milliseconds, e.g. 120")),
+    }
 }
 
-/// The clip ends `trailing()` after its last voiced sample (-45 dB), as the
-/// conversation's does when it asks (it counts silence from the caller's last sound).
-fn score(model: &SmartTurn, mut speech: Vec<f32>) -> f32 {
+/// Index of the last sample above -45 dBFS (the conversation's quiet level), if any.
+fn last_voiced(samples: &[f32]) -> Option<usize> {
     let floor = 10f32.powf(-45.0 / 20.0);
-    let end = speech
-        .iter()
-        .rposition(|x| x.abs() > floor)
-        .map_or(0, |i| i + 1);
-    speech.truncate(end);
-    let clip = [silence(0.3), speech, silence(trailing())].concat();
+    samples.iter().rposition(|x| x.abs() > floor)
+}
+
+/// The clip ends `trailing` seconds after its last voiced sample, as the
+/// conversation's does when it asks (it counts silence from the caller's last sound).
+fn score(model: &SmartTurn, mut speech: Vec<f32>, trailing: f32) -> f32 {
+    speech.truncate(last_voiced(&speech).map_or(0, |i| i + 1));
+    let clip = [silence(0.3), speech, silence(trailing)].concat();
     model.predict(&phone_line(&clip)).expect("predict")
 }
 
@@ -163,14 +167,14 @@ fn main() -> anyhow::Result<()> {
     )?;
     let dir = tempfile::tempdir()?;
     let vad = SileroVad::load(&models.silero_vad, &models.onnxruntime)?;
+    let trailing = trailing();
 
     // How long after the last voiced sample (-45 dB) Silero VAD says "silence", in the
     // 20 ms frames the agent feeds it: that much of every pause is heard as speech.
     let mut lags = Vec::new();
     for s in FINISHED {
         let speech = phone_line(&piper(&tts, s));
-        let floor = 10f32.powf(-45.0 / 20.0);
-        let last_voiced = speech.iter().rposition(|x| x.abs() > floor).unwrap_or(0);
+        let last_voiced = last_voiced(&speech).unwrap_or(0);
         let clip = [silence(0.3), speech, silence(0.6)].concat();
         let last_voiced = last_voiced + silence(0.3).len();
         let mut stream = VadStream::new();
@@ -198,13 +202,13 @@ fn main() -> anyhow::Result<()> {
     println!(
         "Smart Turn probability of a complete turn (> 0.5 = complete), after a G.711 line, \
          asked {:.0} ms after the last voiced sample:",
-        trailing() * 1000.0
+        trailing * 1000.0
     );
     println!("{:<52} {:>7} {:>7}", "finished sentence", "espeak", "piper");
     let (mut fin_espeak, mut fin_piper) = (Vec::new(), Vec::new());
     for s in FINISHED {
-        let e = score(&model, espeak(&[], s, dir.path()));
-        let p = score(&model, piper(&tts, s));
+        let e = score(&model, espeak(&[], s, dir.path()), trailing);
+        let p = score(&model, piper(&tts, s), trailing);
         println!("{s:<52} {e:>7.3} {p:>7.3}");
         fin_espeak.push(e);
         fin_piper.push(p);
@@ -217,11 +221,11 @@ fn main() -> anyhow::Result<()> {
     let (mut cut_espeak, mut cut_break, mut cut_piper) = (Vec::new(), Vec::new(), Vec::new());
     for s in PAUSED {
         let first = s.split_once('|').expect("|").0;
-        let e = score(&model, espeak(&[], first, dir.path()));
-        let b = score(&model, espeak_before_break(s, dir.path()));
-        let p = score(&model, piper(&tts, first));
-        let pd = score(&model, piper_before_pause(&tts, s, "..."));
-        let pc = score(&model, piper_before_pause(&tts, s, ","));
+        let e = score(&model, espeak(&[], first, dir.path()), trailing);
+        let b = score(&model, espeak_before_break(s, dir.path()), trailing);
+        let p = score(&model, piper(&tts, first), trailing);
+        let pd = score(&model, piper_before_pause(&tts, s, "..."), trailing);
+        let pc = score(&model, piper_before_pause(&tts, s, ","), trailing);
         println!("{first:<30} {e:>7.3} {b:>13.3} {p:>7.3} {pd:>9.3} {pc:>9.3}");
         cut_espeak.push(e);
         cut_break.push(b);
